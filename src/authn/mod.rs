@@ -1,0 +1,105 @@
+//! Who is calling. A request is authenticated by exactly one method, tried in
+//! this order: the client certificate (if one was presented, it decides — a
+//! bad certificate is a 401, never a fall-through), then anonymous access if
+//! enabled. Anything else is `401 Unauthorized`.
+
+mod x509;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use rustls_pki_types::UnixTime;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::tls::TlsState;
+
+pub use x509::{CertificateError, ClientCertificate, identity_from_certificate};
+
+/// An authenticated caller, in the shape of the apiserver's `user.Info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Identity {
+    pub user: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl Identity {
+    pub fn anonymous() -> Identity {
+        Identity {
+            user: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+            ..Identity::default()
+        }
+    }
+}
+
+/// How the caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    X509,
+    Anonymous,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::X509 => "x509",
+            Method::Anonymous => "anonymous",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub identity: Arc<Identity>,
+    pub method: Method,
+}
+
+/// Why a request was not authenticated. Every variant is a 401; the detail
+/// goes to the log, not to the caller.
+#[derive(Debug, Error)]
+pub enum AuthnError {
+    #[error("no client certificate or other credentials")]
+    NoCredentials,
+    #[error("client certificate rejected: {0}")]
+    Certificate(#[from] CertificateError),
+}
+
+pub struct Authenticator {
+    tls: watch::Receiver<Arc<TlsState>>,
+    anonymous: bool,
+}
+
+impl Authenticator {
+    pub fn new(tls: watch::Receiver<Arc<TlsState>>, anonymous: bool) -> Self {
+        Authenticator { tls, anonymous }
+    }
+
+    pub async fn authenticate(
+        &self,
+        certificate: Option<&ClientCertificate>,
+        _headers: &HeaderMap,
+    ) -> Result<Authenticated, AuthnError> {
+        if let Some(certificate) = certificate {
+            let client_ca = self.tls.borrow().client_ca.clone();
+            let client_ca = client_ca.ok_or(CertificateError::NoClientCa)?;
+            let identity = certificate.authenticate(&client_ca, UnixTime::now())?;
+            return Ok(Authenticated {
+                identity,
+                method: Method::X509,
+            });
+        }
+        if self.anonymous {
+            return Ok(Authenticated {
+                identity: Arc::new(Identity::anonymous()),
+                method: Method::Anonymous,
+            });
+        }
+        Err(AuthnError::NoCredentials)
+    }
+}

@@ -1,0 +1,313 @@
+//! Development certificates: a CA and every certificate a local setup needs,
+//! shaped like the real ones (the serving certificate has the subject and
+//! SANs the apiserver checks; the apiserver's client certificate has kubeadm's
+//! subject). Never for production: keys are made on this machine and the CA
+//! key sits next to them.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+#[derive(Debug, Error)]
+pub enum CertsError {
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid SAN {0:?}: {1}")]
+    San(String, String),
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
+}
+
+/// The subject, names and lifetime of a certificate to issue.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub usages: Vec<Usage>,
+    pub ips: Vec<IpAddr>,
+    pub dns_names: Vec<String>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl LeafSpec {
+    /// Valid from an hour ago (clock skew) for a year.
+    pub fn new(common_name: &str, organizations: &[&str], usage: Usage) -> Self {
+        let now = OffsetDateTime::now_utc();
+        LeafSpec {
+            common_name: common_name.into(),
+            organizations: organizations.iter().map(|o| o.to_string()).collect(),
+            usages: vec![usage],
+            ips: Vec::new(),
+            dns_names: Vec::new(),
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+
+    pub fn params(&self) -> Result<CertificateParams, CertsError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            DnValue::Utf8String(self.common_name.clone()),
+        );
+        for o in &self.organizations {
+            dn.push(DnType::OrganizationName, DnValue::Utf8String(o.clone()));
+        }
+        params.distinguished_name = dn;
+        params.not_before = self.not_before;
+        params.not_after = self.not_after;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = self
+            .usages
+            .iter()
+            .map(|u| match u {
+                Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+                Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+            })
+            .collect();
+        params.subject_alt_names = self.ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        for name in &self.dns_names {
+            let dns = name
+                .clone()
+                .try_into()
+                .map_err(|e: rcgen::Error| CertsError::San(name.clone(), e.to_string()))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
+        params.use_authority_key_identifier_extension = true;
+        Ok(params)
+    }
+}
+
+/// A PEM certificate and its PEM key.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A certificate authority that can issue leaves.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Authority {
+    pub fn new(common_name: &str) -> Result<Self, CertsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, DnValue::Utf8String(common_name.into()));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
+        let cert = params.self_signed(&key)?;
+        Ok(Authority {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, CertsError> {
+        self.issue_params(&spec.params()?)
+    }
+
+    /// Issues from raw parameters, for certificates no [`LeafSpec`] describes.
+    pub fn issue_params(&self, params: &CertificateParams) -> Result<Issued, CertsError> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// What `kubelet-guard certs dev` makes.
+#[derive(Debug, Clone)]
+pub struct DevCertsRequest {
+    pub node_name: String,
+    pub ips: Vec<IpAddr>,
+    pub dns_names: Vec<String>,
+}
+
+/// The identities `certs dev` issues client certificates for.
+pub const APISERVER_USER: &str = "kube-apiserver-kubelet-client";
+pub const APISERVER_GROUP: &str = "system:masters";
+pub const MONITORING_USER: &str = "monitoring";
+pub const MONITORING_GROUP: &str = "system:monitoring";
+pub const GATEWAY_USER: &str = "kubelet-guard";
+
+/// Writes the development CA and certificates into `out` (created if
+/// needed). Keys are written readable by the owner only.
+pub fn write_dev_certs(out: &Path, request: &DevCertsRequest) -> Result<(), CertsError> {
+    std::fs::create_dir_all(out).map_err(|source| CertsError::Write {
+        path: out.to_owned(),
+        source,
+    })?;
+    let ca = Authority::new("kubelet-guard development CA")?;
+    write_file(&out.join("ca.crt"), ca.cert_pem(), false)?;
+    write_file(&out.join("ca.key"), ca.key_pem(), true)?;
+
+    let mut serving = LeafSpec::new(
+        &format!("system:node:{}", request.node_name),
+        &["system:nodes"],
+        Usage::Server,
+    );
+    serving.ips = request.ips.clone();
+    serving.dns_names = request.dns_names.clone();
+    write_pair(out, "serving", &ca.issue(&serving)?)?;
+
+    let mut kubelet = LeafSpec::new(
+        &format!("{}-kubelet", request.node_name),
+        &[],
+        Usage::Server,
+    );
+    kubelet.ips = vec![IpAddr::from([127, 0, 0, 1])];
+    kubelet.dns_names = vec!["localhost".into()];
+    write_pair(out, "kubelet", &ca.issue(&kubelet)?)?;
+
+    let clients = [
+        ("apiserver-client", APISERVER_USER, &[APISERVER_GROUP][..]),
+        ("monitoring", MONITORING_USER, &[MONITORING_GROUP][..]),
+        ("gateway-client", GATEWAY_USER, &[][..]),
+    ];
+    for (name, user, groups) in clients {
+        write_pair(
+            out,
+            name,
+            &ca.issue(&LeafSpec::new(user, groups, Usage::Client))?,
+        )?;
+    }
+
+    // Same subject as the apiserver's certificate, different CA: an impostor.
+    let untrusted = Authority::new("untrusted CA")?;
+    write_file(&out.join("untrusted-ca.crt"), untrusted.cert_pem(), false)?;
+    let impostor = untrusted.issue(&LeafSpec::new(
+        APISERVER_USER,
+        &[APISERVER_GROUP],
+        Usage::Client,
+    ))?;
+    write_pair(out, "untrusted-client", &impostor)?;
+    Ok(())
+}
+
+fn write_pair(out: &Path, name: &str, issued: &Issued) -> Result<(), CertsError> {
+    write_file(&out.join(format!("{name}.crt")), &issued.cert_pem, false)?;
+    write_file(&out.join(format!("{name}.key")), &issued.key_pem, true)
+}
+
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|source| CertsError::Write {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::identity_from_certificate;
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn dev_certs_have_the_subjects_the_apiserver_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = DevCertsRequest {
+            node_name: "node-a".into(),
+            ips: vec!["127.0.0.1".parse().unwrap(), "10.1.2.3".parse().unwrap()],
+            dns_names: vec!["node-a.example".into()],
+        };
+        write_dev_certs(dir.path(), &request).unwrap();
+
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let serving = identity_from_certificate(&der(&read("serving.crt"))).unwrap();
+        assert_eq!(serving.user, "system:node:node-a");
+        assert_eq!(serving.groups, ["system:nodes"]);
+
+        let serving_der = der(&read("serving.crt"));
+        let (_, cert) = x509_parser::parse_x509_certificate(&serving_der).unwrap();
+        use x509_parser::extensions::GeneralName;
+        let sans = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        assert_eq!(
+            sans,
+            &[
+                GeneralName::IPAddress(&[127, 0, 0, 1]),
+                GeneralName::IPAddress(&[10, 1, 2, 3]),
+                GeneralName::DNSName("node-a.example"),
+            ]
+        );
+
+        let apiserver = identity_from_certificate(&der(&read("apiserver-client.crt"))).unwrap();
+        assert_eq!(
+            (apiserver.user.as_str(), apiserver.groups.as_slice()),
+            (APISERVER_USER, &[APISERVER_GROUP.to_string()][..])
+        );
+        let impostor = identity_from_certificate(&der(&read("untrusted-client.crt"))).unwrap();
+        assert_eq!(impostor, apiserver, "the impostor claims the same identity");
+
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "keys are private");
+    }
+}

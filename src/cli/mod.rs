@@ -1,0 +1,109 @@
+//! The command line: `serve`, `certs dev` and `demo`.
+
+pub mod demo;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use kubelet_guard::app::Gateway;
+use kubelet_guard::certs::{self, DevCertsRequest};
+use kubelet_guard::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubelet-guard",
+    version,
+    about = "Authenticating, authorizing gateway in front of the kubelet"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(Box<Settings>),
+    /// Make certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run the gateway in front of a stand-in kubelet on loopback, with
+    /// development certificates, and print curl commands to try.
+    Demo {
+        /// Where certificates and the generated config go.
+        #[arg(long, default_value = "kubelet-guard-demo")]
+        dir: PathBuf,
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:10443")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// A development CA, a serving certificate for the node, client
+    /// certificates for the apiserver, a monitoring identity and the
+    /// gateway, and an impostor from another CA. Not for production.
+    Dev {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// The node the serving certificate is for (CN=system:node:<name>).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// IP SANs of the serving certificate (the addresses the apiserver dials).
+        #[arg(long = "ip", value_name = "IP", default_value = "127.0.0.1")]
+        ips: Vec<IpAddr>,
+        /// DNS SANs of the serving certificate.
+        #[arg(long = "dns", value_name = "NAME")]
+        dns_names: Vec<String>,
+    },
+}
+
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let config = settings.resolve()?.validate()?;
+    let gateway = Gateway::bind(config).await.context("cannot start")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    gateway.run(shutdown, Duration::from_secs(30)).await;
+    Ok(())
+}
+
+pub fn certs_dev(
+    out: PathBuf,
+    node_name: String,
+    ips: Vec<IpAddr>,
+    dns_names: Vec<String>,
+) -> anyhow::Result<()> {
+    certs::write_dev_certs(
+        &out,
+        &DevCertsRequest {
+            node_name,
+            ips,
+            dns_names,
+        },
+    )?;
+    println!("wrote development certificates to {}", out.display());
+    Ok(())
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT starts a graceful shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        tracing::warn!("cannot listen for SIGTERM");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,563 @@
+//! Command-line flags and the optional YAML config file → one validated
+//! [`Config`]. Flag names follow the kubelet's and kube-apiserver's; every
+//! flag can also be set in the file under its camelCase name (`--tls-cert-file`
+//! → `tlsCertFile`), and a flag wins over the file. Anything invalid fails at
+//! start with the flag's name and what it expects.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use http::uri::{Authority, Scheme};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::authz::attributes::StreamingAuthz;
+use crate::authz::static_rules::{StaticRuleSpec, StaticRules};
+use crate::tls::{TlsOptions, TlsVersion, UpstreamTls};
+
+/// A setting that cannot be used, and how to fix it.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("--{flag} ({key} in the config file): {problem}")]
+    Invalid {
+        flag: &'static str,
+        key: &'static str,
+        problem: String,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+/// Every setting of `kubelet-guard serve`, as flags and as config-file keys.
+/// All optional here; defaults and checks are applied by [`Settings::validate`].
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Settings {
+    /// YAML file with any of these settings (camelCase keys) plus
+    /// `authorization.static` rules. Flags override the file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Name of this node, as in `kubectl get nodes` (the `name` of every
+    /// SubjectAccessReview). Required.
+    #[arg(long, env = "NODE_NAME")]
+    #[serde(default)]
+    pub node_name: Option<String>,
+
+    /// Address the apiserver dials [default: 0.0.0.0:10250].
+    #[arg(long, value_name = "IP:PORT")]
+    #[serde(default)]
+    pub secure_listen_address: Option<SocketAddr>,
+
+    /// Serving certificate (PEM, leaf first). Required.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key of the serving certificate (PEM). Required.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// CA bundle that vouches for client certificates (the apiserver's
+    /// `--kubelet-client-certificate` issuer). Without it no client
+    /// certificate is requested.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// Lowest TLS version accepted: VersionTLS12 or VersionTLS13 [default: VersionTLS12].
+    #[arg(long, value_name = "VERSION")]
+    #[serde(default)]
+    pub tls_min_version: Option<TlsVersion>,
+
+    /// Comma-separated TLS 1.2 cipher suites (Go names). TLS 1.3 suites are
+    /// always on [default: rustls' secure defaults].
+    #[arg(long, value_name = "SUITES", value_delimiter = ',')]
+    #[serde(default)]
+    pub tls_cipher_suites: Option<Vec<String>>,
+
+    /// The kubelet: https://127.0.0.1:10250, or http:// for a loopback
+    /// kubelet [default: https://127.0.0.1:10250].
+    #[arg(long, value_name = "URL")]
+    #[serde(default)]
+    pub upstream: Option<String>,
+
+    /// CA bundle that signed the kubelet's serving certificate.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub upstream_ca_file: Option<PathBuf>,
+
+    /// Client certificate the gateway presents to the kubelet.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub upstream_client_cert_file: Option<PathBuf>,
+
+    /// Key of --upstream-client-cert-file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub upstream_client_key_file: Option<PathBuf>,
+
+    /// File holding a bearer token the gateway presents to the kubelet.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub upstream_token_file: Option<PathBuf>,
+
+    /// Accept any kubelet serving certificate. Logged as a warning.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub upstream_insecure_skip_tls_verify: Option<bool>,
+
+    /// strict: /exec, /attach, /run and /portForward need verb `create`
+    /// whatever the method; kubelet: the kubelet's own mapping [default: strict].
+    #[arg(long, value_name = "MODE")]
+    #[serde(default)]
+    pub streaming_authz: Option<StreamingAuthz>,
+
+    /// Treat requests without credentials as system:anonymous (still
+    /// authorized like any other) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub anonymous_auth: Option<bool>,
+
+    /// Config file only: `static` rules checked before any review.
+    #[arg(skip)]
+    #[serde(default)]
+    pub authorization: Option<AuthorizationSettings>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationSettings {
+    #[serde(default, rename = "static")]
+    pub static_rules: Vec<StaticRuleSpec>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub listen: SocketAddr,
+    pub tls_cert_file: PathBuf,
+    pub tls_private_key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    pub tls: TlsOptions,
+    pub upstream_scheme: Scheme,
+    pub upstream_authority: Authority,
+    pub upstream_tls: UpstreamTls,
+    pub upstream_token_file: Option<PathBuf>,
+    pub streaming_authz: StreamingAuthz,
+    pub anonymous_auth: bool,
+    pub static_rules: StaticRules,
+}
+
+impl Settings {
+    /// Reads `--config` (if given) and lays the flags over it.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        match &self.config {
+            Some(path) => Ok(Settings::from_file(path)?.overlaid_by(self)),
+            None => Ok(self),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        serde_saphyr::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `flags` wins wherever it has a value.
+    fn overlaid_by(self, flags: Settings) -> Settings {
+        Settings {
+            config: flags.config.or(self.config),
+            node_name: flags.node_name.or(self.node_name),
+            secure_listen_address: flags.secure_listen_address.or(self.secure_listen_address),
+            tls_cert_file: flags.tls_cert_file.or(self.tls_cert_file),
+            tls_private_key_file: flags.tls_private_key_file.or(self.tls_private_key_file),
+            client_ca_file: flags.client_ca_file.or(self.client_ca_file),
+            tls_min_version: flags.tls_min_version.or(self.tls_min_version),
+            tls_cipher_suites: flags.tls_cipher_suites.or(self.tls_cipher_suites),
+            upstream: flags.upstream.or(self.upstream),
+            upstream_ca_file: flags.upstream_ca_file.or(self.upstream_ca_file),
+            upstream_client_cert_file: flags
+                .upstream_client_cert_file
+                .or(self.upstream_client_cert_file),
+            upstream_client_key_file: flags
+                .upstream_client_key_file
+                .or(self.upstream_client_key_file),
+            upstream_token_file: flags.upstream_token_file.or(self.upstream_token_file),
+            upstream_insecure_skip_tls_verify: flags
+                .upstream_insecure_skip_tls_verify
+                .or(self.upstream_insecure_skip_tls_verify),
+            streaming_authz: flags.streaming_authz.or(self.streaming_authz),
+            anonymous_auth: flags.anonymous_auth.or(self.anonymous_auth),
+            authorization: flags.authorization.or(self.authorization),
+        }
+    }
+
+    /// Applies defaults and checks every setting.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let node_name = self.node_name.ok_or_else(|| {
+            invalid(
+                "node-name",
+                "nodeName",
+                "required: the name of this node as in `kubectl get nodes` (or set NODE_NAME)",
+            )
+        })?;
+        check_node_name(&node_name).map_err(|p| invalid("node-name", "nodeName", p))?;
+
+        let tls_cert_file = self.tls_cert_file.ok_or_else(|| {
+            invalid(
+                "tls-cert-file",
+                "tlsCertFile",
+                "required: the serving certificate (PEM)",
+            )
+        })?;
+        let tls_private_key_file = self.tls_private_key_file.ok_or_else(|| {
+            invalid(
+                "tls-private-key-file",
+                "tlsPrivateKeyFile",
+                "required: the serving certificate's key (PEM)",
+            )
+        })?;
+
+        let (upstream_scheme, upstream_authority) = parse_upstream(
+            self.upstream
+                .as_deref()
+                .unwrap_or("https://127.0.0.1:10250"),
+        )
+        .map_err(|p| invalid("upstream", "upstream", p))?;
+
+        let insecure = self.upstream_insecure_skip_tls_verify.unwrap_or(false);
+        if upstream_scheme == Scheme::HTTPS && !insecure && self.upstream_ca_file.is_none() {
+            return Err(invalid(
+                "upstream-ca-file",
+                "upstreamCaFile",
+                "required for an https upstream: the CA that signed the kubelet's serving certificate \
+                 (or set --upstream-insecure-skip-tls-verify to accept any certificate)",
+            ));
+        }
+        if insecure && self.upstream_ca_file.is_some() {
+            return Err(invalid(
+                "upstream-insecure-skip-tls-verify",
+                "upstreamInsecureSkipTlsVerify",
+                "conflicts with --upstream-ca-file: give a CA to verify the kubelet, or skip verification, not both",
+            ));
+        }
+        let client_cert = match (
+            self.upstream_client_cert_file,
+            self.upstream_client_key_file,
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "upstream-client-key-file",
+                    "upstreamClientKeyFile",
+                    "required with --upstream-client-cert-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "upstream-client-cert-file",
+                    "upstreamClientCertFile",
+                    "required with --upstream-client-key-file",
+                ));
+            }
+        };
+
+        let static_specs = self
+            .authorization
+            .map(|a| a.static_rules)
+            .unwrap_or_default();
+        let static_rules =
+            StaticRules::from_specs(&static_specs).map_err(|(index, e)| ConfigError::Invalid {
+                flag: "config",
+                key: "authorization.static",
+                problem: format!("rule {index}: {e}"),
+            })?;
+
+        Ok(Config {
+            node_name,
+            listen: self
+                .secure_listen_address
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 10250))),
+            tls_cert_file,
+            tls_private_key_file,
+            client_ca_file: self.client_ca_file,
+            tls: TlsOptions {
+                min_version: self.tls_min_version.unwrap_or_default(),
+                cipher_suites: self.tls_cipher_suites.unwrap_or_default(),
+            },
+            upstream_scheme,
+            upstream_authority,
+            upstream_tls: UpstreamTls {
+                ca_file: self.upstream_ca_file,
+                client_cert,
+                insecure_skip_verify: insecure,
+            },
+            upstream_token_file: self.upstream_token_file,
+            streaming_authz: self.streaming_authz.unwrap_or_default(),
+            anonymous_auth: self.anonymous_auth.unwrap_or(false),
+            static_rules,
+        })
+    }
+}
+
+fn invalid(flag: &'static str, key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// Node names are DNS subdomains (RFC 1123), as the apiserver requires.
+fn check_node_name(name: &str) -> Result<(), String> {
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(valid_label) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+        ))
+    }
+}
+
+/// `https://host:port` or, for a kubelet on this host only, `http://…`.
+fn parse_upstream(url: &str) -> Result<(Scheme, Authority), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("{url:?} needs a scheme: https://HOST:PORT"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{url:?} needs a host: https://HOST:PORT"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{url:?} must not have a path or query: request paths are forwarded as they are"
+        ));
+    }
+    if scheme == Scheme::HTTP {
+        if !is_loopback_host(authority.host()) {
+            return Err(format!(
+                "{url:?}: plain http is only allowed to a kubelet on loopback (127.0.0.1, ::1, localhost)"
+            ));
+        }
+    } else if scheme != Scheme::HTTPS {
+        return Err(format!("{url:?}: the scheme must be https or http"));
+    }
+    Ok((scheme, authority))
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Settings {
+        Settings {
+            node_name: Some("node-1".into()),
+            tls_cert_file: Some("tls.crt".into()),
+            tls_private_key_file: Some("tls.key".into()),
+            upstream_ca_file: Some("kubelet-ca.crt".into()),
+            ..Settings::default()
+        }
+    }
+
+    fn error_of(settings: Settings) -> String {
+        settings
+            .validate()
+            .expect_err("should be invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_follow_the_kubelet() {
+        let config = minimal().validate().unwrap();
+        assert_eq!(config.listen, "0.0.0.0:10250".parse().unwrap());
+        assert_eq!(config.upstream_scheme, Scheme::HTTPS);
+        assert_eq!(config.upstream_authority.as_str(), "127.0.0.1:10250");
+        assert_eq!(config.streaming_authz, StreamingAuthz::Strict);
+        assert!(!config.anonymous_auth);
+        assert_eq!(config.tls.min_version, TlsVersion::Tls12);
+    }
+
+    #[test]
+    fn errors_name_the_flag_and_the_fix() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (
+                Settings {
+                    node_name: None,
+                    ..minimal()
+                },
+                "--node-name (nodeName in the config file): required",
+            ),
+            (
+                Settings {
+                    node_name: Some("Node_1".into()),
+                    ..minimal()
+                },
+                "not a valid node name",
+            ),
+            (
+                Settings {
+                    tls_cert_file: None,
+                    ..minimal()
+                },
+                "--tls-cert-file",
+            ),
+            (
+                Settings {
+                    tls_private_key_file: None,
+                    ..minimal()
+                },
+                "--tls-private-key-file",
+            ),
+            (
+                Settings {
+                    upstream_ca_file: None,
+                    ..minimal()
+                },
+                "--upstream-ca-file",
+            ),
+            (
+                Settings {
+                    upstream_insecure_skip_tls_verify: Some(true),
+                    ..minimal()
+                },
+                "conflicts with --upstream-ca-file",
+            ),
+            (
+                Settings {
+                    upstream: Some("http://10.0.0.1:10250".into()),
+                    ..minimal()
+                },
+                "only allowed to a kubelet on loopback",
+            ),
+            (
+                Settings {
+                    upstream: Some("https://127.0.0.1:10250/api".into()),
+                    ..minimal()
+                },
+                "must not have a path",
+            ),
+            (
+                Settings {
+                    upstream: Some("ftp://127.0.0.1".into()),
+                    ..minimal()
+                },
+                "scheme must be https or http",
+            ),
+            (
+                Settings {
+                    upstream: Some("127.0.0.1:10250".into()),
+                    ..minimal()
+                },
+                "needs a scheme",
+            ),
+            (
+                Settings {
+                    upstream_client_cert_file: Some("c".into()),
+                    ..minimal()
+                },
+                "--upstream-client-key-file",
+            ),
+            (
+                Settings {
+                    authorization: Some(AuthorizationSettings {
+                        static_rules: vec![StaticRuleSpec {
+                            user: None,
+                            group: None,
+                            verbs: vec!["get".into()],
+                            subresources: vec!["proxy".into()],
+                        }],
+                    }),
+                    ..minimal()
+                },
+                "authorization.static in the config file): rule 0: a rule needs exactly one of `user` or `group`",
+            ),
+        ];
+        for (settings, want) in cases {
+            let got = error_of(settings);
+            assert!(got.contains(want), "{got:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_http_upstreams_are_allowed() {
+        for url in [
+            "http://127.0.0.1:10250",
+            "http://[::1]:10250",
+            "http://localhost:8080",
+        ] {
+            let config = Settings {
+                upstream: Some(url.into()),
+                upstream_ca_file: None,
+                ..minimal()
+            }
+            .validate();
+            assert!(config.is_ok(), "{url}: {config:?}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = Settings {
+            node_name: Some("from-file".into()),
+            anonymous_auth: Some(true),
+            ..minimal()
+        };
+        let flags = Settings {
+            node_name: Some("from-flag".into()),
+            ..Settings::default()
+        };
+        let merged = file.overlaid_by(flags).validate().unwrap();
+        assert_eq!(merged.node_name, "from-flag");
+        assert!(merged.anonymous_auth, "a setting only the file has is kept");
+    }
+
+    #[test]
+    fn the_file_uses_camel_case_keys_and_rejects_unknown_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "nodeName: node-a\ntlsCertFile: /tls.crt\ntlsPrivateKeyFile: /tls.key\n\
+             upstream: http://127.0.0.1:10250\nstreamingAuthz: kubelet\n\
+             authorization:\n  static:\n    - group: system:masters\n      verbs: ['*']\n      subresources: ['*']\n",
+        )
+        .unwrap();
+        let config = Settings::from_file(&path).unwrap().validate().unwrap();
+        assert_eq!(config.node_name, "node-a");
+        assert_eq!(config.streaming_authz, StreamingAuthz::Kubelet);
+        assert!(!config.static_rules.is_empty());
+
+        std::fs::write(&path, "nodeName: node-a\ntlsCertFil: /typo\n").unwrap();
+        let err = Settings::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("tlsCertFil"), "{err}");
+    }
+}

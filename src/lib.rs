@@ -1,0 +1,21 @@
+//! kubelet-guard: an authenticating, authorizing gateway that stands where
+//! the apiserver expects the kubelet (`<node-ip>:10250`) and forwards what it
+//! allows to the kubelet on loopback.
+//!
+//! The modules follow the request: [`server`] accepts TLS connections, the
+//! [`pipeline`] runs each request through [`authn`], [`authz`] and
+//! [`proxy`]; [`tls`] holds every certificate concern, [`config`] turns flags
+//! and the config file into a [`config::Config`], and [`app`] assembles it all.
+
+pub mod app;
+pub mod authn;
+pub mod authz;
+pub mod body;
+pub mod certs;
+pub mod config;
+pub mod demo_kubelet;
+pub mod pipeline;
+pub mod proxy;
+pub mod reject;
+pub mod server;
+pub mod tls;

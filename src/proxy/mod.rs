@@ -1,0 +1,153 @@
+//! Forwarding an authorized request to the kubelet: plain requests stream
+//! their bodies both ways; upgrades relay the kubelet's `101` and then splice
+//! the two connections. Nothing here knows who the caller is or why the
+//! request was allowed.
+
+pub mod headers;
+pub mod upgrade;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::{self, Body};
+pub use upgrade::Relayed;
+pub use upstream::{Upstream, UpstreamOptions};
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("kubelet unreachable: {0}")]
+    Unreachable(String),
+    #[error("kubelet answered 101 Switching Protocols to a request that did not ask to upgrade")]
+    UnexpectedUpgrade,
+    #[error("cannot build the kubelet request: {0}")]
+    Request(#[from] http::Error),
+}
+
+/// Called when an upgraded stream ends, with what it relayed.
+pub type StreamObserver = Box<dyn FnOnce(Result<Relayed, String>) + Send>;
+
+pub struct Forwarder {
+    upstream: Upstream,
+    /// Every spliced stream, so shutdown can wait for them.
+    streams: TaskTracker,
+    /// Cancelled when shutdown's grace period for streams is over.
+    streams_cancel: CancellationToken,
+    half_close_linger: Duration,
+}
+
+impl Forwarder {
+    pub fn new(upstream: Upstream, half_close_linger: Duration) -> Self {
+        Forwarder {
+            upstream,
+            streams: TaskTracker::new(),
+            streams_cancel: CancellationToken::new(),
+            half_close_linger,
+        }
+    }
+
+    /// The upgraded streams still open.
+    pub fn streams(&self) -> &TaskTracker {
+        &self.streams
+    }
+
+    /// Ends every upgraded stream now.
+    pub fn cancel_streams(&self) {
+        self.streams_cancel.cancel();
+    }
+
+    /// Sends `request` to the kubelet at exactly `target` (the path and query
+    /// that were authorized). `on_stream_end` is told when an upgraded stream
+    /// closes; it is dropped unused for plain requests.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        target: PathAndQuery,
+        peer: IpAddr,
+        on_stream_end: StreamObserver,
+    ) -> Result<Response<Body>, ProxyError> {
+        let upgrade = match request.version() {
+            Version::HTTP_11 => headers::requested_upgrade(request.headers()),
+            _ => None,
+        };
+        let caller_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+        let (parts, body) = request.into_parts();
+        let mut headers = parts.headers;
+        // An HTTP/2 caller names the host in `:authority`; HTTP/1.1 needs `Host`.
+        if !headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, host);
+        }
+        headers::prepare_request(&mut headers, upgrade.as_ref(), peer);
+        if let Some(token) = self.upstream.authorization() {
+            headers.insert(header::AUTHORIZATION, token);
+        }
+
+        let mut outbound = Request::builder()
+            .method(parts.method)
+            .uri(self.upstream.uri_for(target)?)
+            .version(Version::HTTP_11)
+            .body(body::boxed(body))?;
+        *outbound.headers_mut() = headers;
+
+        let mut response = self
+            .upstream
+            .send(outbound)
+            .await
+            .map_err(|e| ProxyError::Unreachable(error_chain(&e)))?;
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::prepare_response(response.headers_mut(), switching);
+        match (switching, caller_upgrade) {
+            (false, _) => Ok(response.map(body::boxed)),
+            (true, None) => Err(ProxyError::UnexpectedUpgrade),
+            (true, Some(caller)) => {
+                let kubelet = hyper::upgrade::on(&mut response);
+                self.spawn_splice(caller, kubelet, on_stream_end);
+                Ok(response.map(|_| body::empty()))
+            }
+        }
+    }
+
+    fn spawn_splice(
+        &self,
+        caller: hyper::upgrade::OnUpgrade,
+        kubelet: hyper::upgrade::OnUpgrade,
+        on_stream_end: StreamObserver,
+    ) {
+        let linger = self.half_close_linger;
+        let cancel = self.streams_cancel.clone();
+        self.streams.spawn(async move {
+            let outcome = tokio::select! {
+                relayed = upgrade::splice_upgraded(caller, kubelet, linger) => {
+                    relayed.map_err(|e| error_chain(&e))
+                }
+                () = cancel.cancelled() => Err("closed by shutdown".to_owned()),
+            };
+            on_stream_end(outcome);
+        });
+    }
+}
+
+/// `error: cause: cause`, because hyper's top-level messages ("client error
+/// (Connect)") say little on their own.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

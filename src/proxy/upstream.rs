@@ -1,0 +1,98 @@
+//! The connection pool to the kubelet.
+
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ClientConfig;
+use tokio::sync::watch;
+
+use crate::body::Body;
+
+/// Where the kubelet is and how the gateway proves itself to it.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    /// `Authorization` value for the kubelet (from `--upstream-token-file`).
+    token: watch::Receiver<Option<HeaderValue>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    pub connect_timeout: Duration,
+    /// How long an unused pooled connection stays open. The kubelet closes
+    /// idle connections after 90s; closing first avoids racing it.
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_host: 128,
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(
+        scheme: Scheme,
+        authority: Authority,
+        tls: ClientConfig,
+        token: watch::Receiver<Option<HeaderValue>>,
+        options: &UpstreamOptions,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(options.connect_timeout));
+        // The scheme of each request picks TLS or not; plain HTTP is only
+        // allowed to a loopback kubelet, which the config checks.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(options.pool_idle_timeout)
+            .pool_max_idle_per_host(options.pool_max_idle_per_host)
+            .build(connector);
+        Upstream {
+            client,
+            scheme,
+            authority,
+            token,
+        }
+    }
+
+    /// The kubelet URL for a caller's path and query, byte for byte.
+    pub fn uri_for(&self, path_and_query: PathAndQuery) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+
+    /// The gateway's bearer token for the kubelet, if it uses one.
+    pub fn authorization(&self) -> Option<HeaderValue> {
+        self.token.borrow().clone()
+    }
+
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(request).await
+    }
+}
