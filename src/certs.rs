@@ -135,6 +135,17 @@ impl Authority {
         })
     }
 
+    /// An authority from an existing CA certificate and key (PEM).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertsError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Authority {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            issuer,
+        })
+    }
+
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }

@@ -225,7 +225,10 @@ async fn handle(state: &State, mut request: Request<Incoming>) -> Response<Body>
         }
     }
 
-    let path = request.uri().path().to_owned();
+    // Go's router, and so the kubelet's, matches the decoded path.
+    let path = percent_encoding::percent_decode_str(request.uri().path())
+        .decode_utf8_lossy()
+        .into_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["healthz", ..] if state.options.misbehave => {
@@ -361,7 +364,8 @@ fn upgrade_and_echo(request: &mut Request<Incoming>) -> Response<Body> {
     let Some(protocol) = requested_upgrade(request.headers()) else {
         return plain(StatusCode::BAD_REQUEST, "Upgrade request required");
     };
-    let mut response = plain(StatusCode::SWITCHING_PROTOCOLS, "");
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = request.headers();
     let reply = response.headers_mut();
     reply.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));

@@ -59,6 +59,9 @@ impl Upstream {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
+            // HTTP/1.1 only (ALPN `http/1.1`): upgrades need it, and a pool of
+            // HTTP/1.1 connections keeps one slow log stream from holding up
+            // others behind a single HTTP/2 connection's stream limit.
             .enable_http1()
             .wrap_connector(http);
 

@@ -46,7 +46,7 @@ pub fn upstream_client_config(
         }
         builder.with_root_certificates(roots)
     };
-    let mut config = match &tls.client_cert {
+    let config = match &tls.client_cert {
         Some((cert, key)) => builder
             .with_client_auth_cert(load_certificates(cert)?, load_private_key(key)?)
             .map_err(|e| TlsError::KeyMismatch {
@@ -56,10 +56,6 @@ pub fn upstream_client_config(
             })?,
         None => builder.with_no_client_auth(),
     };
-    // Upgrades need HTTP/1.1, and a pool of HTTP/1.1 connections keeps one
-    // slow log stream from holding up the rest behind a single HTTP/2
-    // connection's stream limit.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -1,0 +1,10 @@
+//! Integration tests: the gateway over real TLS, in front of the stand-in
+//! kubelet. One test binary, one module per concern.
+
+mod authentication;
+mod authorization;
+mod forwarding;
+mod paths;
+mod support;
+mod tools;
+mod upgrades;
