@@ -13,8 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::authn::Authenticator;
-use crate::authz::Authorizer;
+use crate::apiserver::{self, ApiserverError};
+use crate::authn::{Authenticator, TokenAuthenticator};
+use crate::authz::cache::DecisionCache;
+use crate::authz::sar::Reviewer;
+use crate::authz::{Authorizer, Webhook};
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
@@ -25,10 +28,16 @@ use crate::tls::{self, ServingFiles, TlsError, TlsState};
 /// one side has closed.
 const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
 
+/// Bound on cached authorization decisions (one per identity, verb and
+/// subresource): far more than the callers a node sees.
+const DECISION_CACHE_ENTRIES: u64 = 65_536;
+
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Apiserver(#[from] ApiserverError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -57,8 +66,35 @@ impl Gateway {
         let (tls_updates, tls_state) =
             watch::channel(Arc::new(TlsState::load(&serving, &config.tls, &provider)?));
 
-        let authenticator = Authenticator::new(tls_state.clone(), config.anonymous_auth);
-        let authorizer = Authorizer::new(config.static_rules.clone());
+        let (tokens, webhook) = match &config.apiserver {
+            Some(apiserver) => {
+                let client = apiserver::client(apiserver.kubeconfig.as_deref()).await?;
+                let tokens = apiserver.token_authentication.as_ref().map(|t| {
+                    TokenAuthenticator::new(
+                        client.clone(),
+                        t.audiences.clone(),
+                        t.cache_ttl,
+                        apiserver.review_timeout,
+                    )
+                });
+                let webhook = apiserver.authorization.as_ref().map(|a| Webhook {
+                    reviewer: Reviewer::new(
+                        client.clone(),
+                        config.node_name.clone(),
+                        apiserver.review_timeout,
+                    ),
+                    cache: DecisionCache::new(
+                        a.authorized_ttl,
+                        a.unauthorized_ttl,
+                        DECISION_CACHE_ENTRIES,
+                    ),
+                });
+                (tokens, webhook)
+            }
+            None => (None, None),
+        };
+        let authenticator = Authenticator::new(tls_state.clone(), tokens, config.anonymous_auth);
+        let authorizer = Authorizer::new(config.static_rules.clone(), webhook);
 
         if config.upstream_tls.insecure_skip_verify {
             tracing::warn!(

@@ -26,6 +26,10 @@ pub enum CertsError {
     },
     #[error("invalid SAN {0:?}: {1}")]
     San(String, String),
+    #[error(
+        "a subject can hold one organization here, got {0} (rcgen keeps one value per attribute type)"
+    )]
+    Organizations(usize),
 }
 
 /// What a certificate is for.
@@ -63,6 +67,9 @@ impl LeafSpec {
     }
 
     pub fn params(&self) -> Result<CertificateParams, CertsError> {
+        if self.organizations.len() > 1 {
+            return Err(CertsError::Organizations(self.organizations.len()));
+        }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(

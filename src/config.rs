@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use http::uri::{Authority, Scheme};
@@ -15,6 +16,46 @@ use thiserror::Error;
 use crate::authz::attributes::StreamingAuthz;
 use crate::authz::static_rules::{StaticRuleSpec, StaticRules};
 use crate::tls::{TlsOptions, TlsVersion, UpstreamTls};
+
+/// A duration written the kubelet's way (`2m`, `30s`, `1h30m`, `500ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoDuration(pub Duration);
+
+impl std::str::FromStr for GoDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(GoDuration)
+            .map_err(|e| format!("{s:?} is not a duration like 30s, 2m or 1h30m: {e}"))
+    }
+}
+
+impl Serialize for GoDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who decides what static rules do not allow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum AuthorizationMode {
+    /// Static rules, then a SubjectAccessReview to the apiserver (the
+    /// kubelet's `Webhook` mode).
+    #[default]
+    #[value(name = "Webhook")]
+    Webhook,
+    /// Static rules only; no apiserver is contacted.
+    #[value(name = "Static")]
+    Static,
+}
 
 /// A setting that cannot be used, and how to fix it.
 #[derive(Debug, Error)]
@@ -122,6 +163,50 @@ pub struct Settings {
     #[serde(default)]
     pub anonymous_auth: Option<bool>,
 
+    /// kubeconfig for the apiserver (SubjectAccessReview, TokenReview);
+    /// without it the in-cluster ServiceAccount is used.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Webhook: static rules, then a SubjectAccessReview; Static: static
+    /// rules only, no apiserver [default: Webhook].
+    #[arg(long, value_name = "MODE")]
+    #[serde(default)]
+    pub authorization_mode: Option<AuthorizationMode>,
+
+    /// Authenticate bearer tokens with a TokenReview [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub authentication_token_webhook: Option<bool>,
+
+    /// How long a TokenReview result (success or failure) is cached [default: 2m].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub authentication_token_webhook_cache_ttl: Option<GoDuration>,
+
+    /// Comma-separated audiences a bearer token must be meant for
+    /// [default: the apiserver's own].
+    #[arg(long, value_name = "AUDIENCES", value_delimiter = ',')]
+    #[serde(default)]
+    pub auth_token_audiences: Option<Vec<String>>,
+
+    /// How long an allowed SubjectAccessReview decision is cached [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub authorization_webhook_cache_authorized_ttl: Option<GoDuration>,
+
+    /// How long a denied SubjectAccessReview decision is cached [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub authorization_webhook_cache_unauthorized_ttl: Option<GoDuration>,
+
+    /// Deadline for each SubjectAccessReview and TokenReview; past it the
+    /// request is refused [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub review_timeout: Option<GoDuration>,
+
     /// Config file only: `static` rules checked before any review.
     #[arg(skip)]
     #[serde(default)]
@@ -151,6 +236,32 @@ pub struct Config {
     pub streaming_authz: StreamingAuthz,
     pub anonymous_auth: bool,
     pub static_rules: StaticRules,
+    /// The apiserver, when anything needs it.
+    pub apiserver: Option<ApiserverConfig>,
+}
+
+/// How the gateway uses the apiserver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiserverConfig {
+    /// `None`: the in-cluster ServiceAccount.
+    pub kubeconfig: Option<PathBuf>,
+    pub review_timeout: Duration,
+    /// SubjectAccessReview after static rules (`--authorization-mode=Webhook`).
+    pub authorization: Option<WebhookAuthorization>,
+    /// TokenReview for bearer tokens (`--authentication-token-webhook`).
+    pub token_authentication: Option<WebhookAuthentication>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAuthorization {
+    pub authorized_ttl: Duration,
+    pub unauthorized_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAuthentication {
+    pub cache_ttl: Duration,
+    pub audiences: Vec<String>,
 }
 
 impl Settings {
@@ -198,6 +309,22 @@ impl Settings {
                 .or(self.upstream_insecure_skip_tls_verify),
             streaming_authz: flags.streaming_authz.or(self.streaming_authz),
             anonymous_auth: flags.anonymous_auth.or(self.anonymous_auth),
+            kubeconfig: flags.kubeconfig.or(self.kubeconfig),
+            authorization_mode: flags.authorization_mode.or(self.authorization_mode),
+            authentication_token_webhook: flags
+                .authentication_token_webhook
+                .or(self.authentication_token_webhook),
+            authentication_token_webhook_cache_ttl: flags
+                .authentication_token_webhook_cache_ttl
+                .or(self.authentication_token_webhook_cache_ttl),
+            auth_token_audiences: flags.auth_token_audiences.or(self.auth_token_audiences),
+            authorization_webhook_cache_authorized_ttl: flags
+                .authorization_webhook_cache_authorized_ttl
+                .or(self.authorization_webhook_cache_authorized_ttl),
+            authorization_webhook_cache_unauthorized_ttl: flags
+                .authorization_webhook_cache_unauthorized_ttl
+                .or(self.authorization_webhook_cache_unauthorized_ttl),
+            review_timeout: flags.review_timeout.or(self.review_timeout),
             authorization: flags.authorization.or(self.authorization),
         }
     }
@@ -284,6 +411,43 @@ impl Settings {
                 problem: format!("rule {index}: {e}"),
             })?;
 
+        let authorization = match self.authorization_mode.unwrap_or_default() {
+            AuthorizationMode::Webhook => Some(WebhookAuthorization {
+                authorized_ttl: self
+                    .authorization_webhook_cache_authorized_ttl
+                    .map_or(Duration::from_secs(300), |d| d.0),
+                unauthorized_ttl: self
+                    .authorization_webhook_cache_unauthorized_ttl
+                    .map_or(Duration::from_secs(30), |d| d.0),
+            }),
+            AuthorizationMode::Static => None,
+        };
+        let token_authentication =
+            self.authentication_token_webhook
+                .unwrap_or(true)
+                .then(|| WebhookAuthentication {
+                    cache_ttl: self
+                        .authentication_token_webhook_cache_ttl
+                        .map_or(Duration::from_secs(120), |d| d.0),
+                    audiences: self.auth_token_audiences.unwrap_or_default(),
+                });
+        let review_timeout = self.review_timeout.map_or(Duration::from_secs(5), |d| d.0);
+        if review_timeout.is_zero() {
+            return Err(invalid(
+                "review-timeout",
+                "reviewTimeout",
+                "must be more than 0s",
+            ));
+        }
+        let apiserver = (authorization.is_some() || token_authentication.is_some()).then_some(
+            ApiserverConfig {
+                kubeconfig: self.kubeconfig,
+                review_timeout,
+                authorization,
+                token_authentication,
+            },
+        );
+
         Ok(Config {
             node_name,
             listen: self
@@ -307,6 +471,7 @@ impl Settings {
             streaming_authz: self.streaming_authz.unwrap_or_default(),
             anonymous_auth: self.anonymous_auth.unwrap_or(false),
             static_rules,
+            apiserver,
         })
     }
 }
@@ -505,6 +670,68 @@ mod tests {
             let got = error_of(settings);
             assert!(got.contains(want), "{got:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn review_settings_default_to_the_kubelets_and_read_go_durations() {
+        let config = minimal().validate().unwrap();
+        let apiserver = config.apiserver.expect("webhook modes are on by default");
+        assert_eq!(apiserver.review_timeout, Duration::from_secs(5));
+        let authz = apiserver.authorization.unwrap();
+        assert_eq!(
+            (authz.authorized_ttl, authz.unauthorized_ttl),
+            (Duration::from_secs(300), Duration::from_secs(30))
+        );
+        assert_eq!(
+            apiserver.token_authentication.unwrap().cache_ttl,
+            Duration::from_secs(120)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "nodeName: n\ntlsCertFile: /c\ntlsPrivateKeyFile: /k\nupstreamCaFile: /ca\n\
+             authorizationWebhookCacheAuthorizedTtl: 1m30s\nreviewTimeout: 500ms\n\
+             authTokenAudiences: [a, b]\n",
+        )
+        .unwrap();
+        let apiserver = Settings::from_file(&path)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .apiserver
+            .unwrap();
+        assert_eq!(
+            apiserver.authorization.unwrap().authorized_ttl,
+            Duration::from_secs(90)
+        );
+        assert_eq!(apiserver.review_timeout, Duration::from_millis(500));
+        assert_eq!(
+            apiserver.token_authentication.unwrap().audiences,
+            ["a", "b"]
+        );
+
+        std::fs::write(&path, "nodeName: n\nreviewTimeout: soon\n").unwrap();
+        let err = Settings::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    }
+
+    #[test]
+    fn static_mode_without_token_webhook_needs_no_apiserver() {
+        let config = Settings {
+            authorization_mode: Some(AuthorizationMode::Static),
+            authentication_token_webhook: Some(false),
+            ..minimal()
+        }
+        .validate()
+        .unwrap();
+        assert!(config.apiserver.is_none());
+        let zero = Settings {
+            review_timeout: Some(GoDuration(Duration::ZERO)),
+            ..minimal()
+        };
+        assert!(error_of(zero).contains("--review-timeout"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`proxy`]; [`tls`] holds every certificate concern, [`config`] turns flags
 //! and the config file into a [`config::Config`], and [`app`] assembles it all.
 
+pub mod apiserver;
 pub mod app;
 pub mod authn;
 pub mod authz;

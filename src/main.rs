@@ -38,15 +38,32 @@ fn main() -> ExitCode {
                     },
             } => cli::certs_dev(out, node_name, ips, dns_names),
             Command::Demo { dir, listen } => cli::demo::run(&dir, listen).await,
+            Command::Explain(args) => cli::explain::run(&args),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe_error(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the
+/// message before it already includes (our errors name their cause).
+fn describe_error(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging(json: bool) {

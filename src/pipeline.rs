@@ -71,11 +71,16 @@ impl Pipeline {
         let decoded_path = decode_request_path(target.path())?;
         let attributes = request_attributes(request.method(), &decoded_path, self.streaming_authz)?;
 
-        match self
+        let decision = self
             .authorizer
             .authorize(&caller.identity, &attributes)
             .await
-        {
+            .map_err(|error| Rejection::AuthorizationError {
+                user: caller.identity.user.clone(),
+                verb: attributes.verb,
+                error,
+            })?;
+        match decision {
             Decision::Allowed { .. } => {}
             Decision::Denied { .. } => {
                 return Err(Rejection::Forbidden {

@@ -5,6 +5,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::authn::AuthnError;
+use crate::authz::AuthzError;
 use crate::authz::attributes::{MethodNotAllowed, Subresource, Verb};
 use crate::authz::path::PathError;
 use crate::body::{self, Body};
@@ -26,6 +27,12 @@ pub enum Rejection {
         verb: Verb,
         subresources: &'static [Subresource],
     },
+    #[error("{error}")]
+    AuthorizationError {
+        user: String,
+        verb: Verb,
+        error: AuthzError,
+    },
     #[error("bad gateway: {0}")]
     BadGateway(#[from] ProxyError),
 }
@@ -36,7 +43,11 @@ impl Rejection {
             Rejection::BadPath(_) | Rejection::AbsoluteForm => StatusCode::BAD_REQUEST,
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Rejection::Forbidden { .. } => StatusCode::FORBIDDEN,
+            // The kubelet answers 500; a refusal the caller may retry is a
+            // 403 here, and never an allow.
+            Rejection::Forbidden { .. } | Rejection::AuthorizationError { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Rejection::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -62,6 +73,10 @@ impl Rejection {
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(" ")
+            ),
+            Rejection::AuthorizationError { user, verb, error } => format!(
+                "Authorization error (user={user}, verb={verb}, resource=nodes, subresource={}): authorization could not be checked",
+                error.subresource
             ),
             Rejection::BadGateway(e) => format!("Bad Gateway: {e}"),
         }

@@ -1,8 +1,10 @@
 //! Who is calling. A request is authenticated by exactly one method, tried in
 //! this order: the client certificate (if one was presented, it decides — a
-//! bad certificate is a 401, never a fall-through), then anonymous access if
-//! enabled. Anything else is `401 Unauthorized`.
+//! bad certificate is a 401, never a fall-through to a token), then a bearer
+//! token checked with a TokenReview, then anonymous access if enabled.
+//! Anything else is `401 Unauthorized`.
 
+mod token;
 mod x509;
 
 use std::collections::BTreeMap;
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::tls::TlsState;
 
+pub use token::{TokenAuthenticator, TokenError, bearer_token};
 pub use x509::{CertificateError, ClientCertificate, identity_from_certificate};
 
 /// An authenticated caller, in the shape of the apiserver's `user.Info`.
@@ -42,6 +45,7 @@ impl Identity {
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     X509,
+    Token,
     Anonymous,
 }
 
@@ -49,6 +53,7 @@ impl Method {
     pub fn as_str(self) -> &'static str {
         match self {
             Method::X509 => "x509",
+            Method::Token => "token",
             Method::Anonymous => "anonymous",
         }
     }
@@ -68,22 +73,34 @@ pub enum AuthnError {
     NoCredentials,
     #[error("client certificate rejected: {0}")]
     Certificate(#[from] CertificateError),
+    #[error("bearer token rejected: {0}")]
+    Token(#[from] TokenError),
 }
 
 pub struct Authenticator {
     tls: watch::Receiver<Arc<TlsState>>,
+    /// `None`: `--authentication-token-webhook=false`; tokens are ignored.
+    tokens: Option<TokenAuthenticator>,
     anonymous: bool,
 }
 
 impl Authenticator {
-    pub fn new(tls: watch::Receiver<Arc<TlsState>>, anonymous: bool) -> Self {
-        Authenticator { tls, anonymous }
+    pub fn new(
+        tls: watch::Receiver<Arc<TlsState>>,
+        tokens: Option<TokenAuthenticator>,
+        anonymous: bool,
+    ) -> Self {
+        Authenticator {
+            tls,
+            tokens,
+            anonymous,
+        }
     }
 
     pub async fn authenticate(
         &self,
         certificate: Option<&ClientCertificate>,
-        _headers: &HeaderMap,
+        headers: &HeaderMap,
     ) -> Result<Authenticated, AuthnError> {
         if let Some(certificate) = certificate {
             let client_ca = self.tls.borrow().client_ca.clone();
@@ -92,6 +109,12 @@ impl Authenticator {
             return Ok(Authenticated {
                 identity,
                 method: Method::X509,
+            });
+        }
+        if let (Some(tokens), Some(token)) = (&self.tokens, bearer_token(headers)) {
+            return Ok(Authenticated {
+                identity: tokens.authenticate(token).await?,
+                method: Method::Token,
             });
         }
         if self.anonymous {

@@ -77,6 +77,9 @@ upstreamCaFile: {d}/ca.crt
 upstreamClientCertFile: {d}/gateway-client.crt
 upstreamClientKeyFile: {d}/gateway-client.key
 streamingAuthz: strict
+# The demo has no apiserver: static rules decide, bearer tokens are ignored.
+authorizationMode: Static
+authenticationTokenWebhook: false
 authorization:
   static:
     # The apiserver may do anything (kubeadm's kubelet client identity).

@@ -1,6 +1,7 @@
-//! The command line: `serve`, `certs dev` and `demo`.
+//! The command line: `serve`, `explain`, `certs dev` and `demo`.
 
 pub mod demo;
+pub mod explain;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -29,6 +30,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(Box<Settings>),
+    /// Show what the gateway would check for a request: its attributes, the
+    /// SubjectAccessReviews it would send (YAML) and the RBAC that allows it.
+    /// Contacts nothing.
+    Explain(explain::ExplainArgs),
     /// Make certificates.
     Certs {
         #[command(subcommand)]

@@ -5,6 +5,7 @@ mod authentication;
 mod authorization;
 mod forwarding;
 mod paths;
+mod reviews;
 mod support;
 mod tools;
 mod upgrades;

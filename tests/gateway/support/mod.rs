@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use kubelet_guard::app::Gateway;
 use kubelet_guard::authz::static_rules::StaticRuleSpec;
 use kubelet_guard::certs::{self, Authority, DevCertsRequest, Issued, LeafSpec};
-use kubelet_guard::config::{AuthorizationSettings, Settings};
+use kubelet_guard::config::{AuthorizationMode, AuthorizationSettings, Settings};
 use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions, Recorded, mutual_tls};
 
 pub const NODE: &str = "test-node";
@@ -69,6 +71,76 @@ impl Certs {
     pub fn issue(&self, name: &str, spec: &LeafSpec) -> Identity {
         let issued = self.authority().issue(spec).unwrap();
         self.write_identity(name, &issued)
+    }
+
+    /// Issues a client certificate from the dev CA with the real `openssl`,
+    /// for subjects rcgen cannot write (several O values, odd string types).
+    /// `subject` is openssl's `-subj` form: `/CN=alice/O=team-a/O=team-b`.
+    pub fn issue_with_openssl(&self, name: &str, subject: &str, extra_args: &[&str]) -> Identity {
+        let key = self.path(&format!("{name}.key"));
+        let csr = self.path(&format!("{name}.csr"));
+        let crt = self.path(&format!("{name}.crt"));
+        let ext = self.path(&format!("{name}.ext"));
+        std::fs::write(
+            &ext,
+            "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
+        )
+        .unwrap();
+        let (key_s, csr_s, crt_s, ext_s) = (
+            key.to_str().unwrap(),
+            csr.to_str().unwrap(),
+            crt.to_str().unwrap(),
+            ext.to_str().unwrap(),
+        );
+        let mut req = vec![
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key_s,
+            "-out",
+            csr_s,
+            "-subj",
+            subject,
+        ];
+        req.extend_from_slice(extra_args);
+        let out = run_tool("openssl", &req);
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ca = self.path("ca.crt");
+        let ca_key = self.path("ca.key");
+        let out = run_tool(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                csr_s,
+                "-CA",
+                ca.to_str().unwrap(),
+                "-CAkey",
+                ca_key.to_str().unwrap(),
+                "-days",
+                "2",
+                "-out",
+                crt_s,
+                "-extfile",
+                ext_s,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "openssl x509: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Identity::Named(name.to_owned())
     }
 
     pub fn write_identity(&self, name: &str, issued: &Issued) -> Identity {
@@ -114,11 +186,13 @@ pub fn default_rules() -> Vec<StaticRuleSpec> {
     ]
 }
 
-/// A kubelet stand-in and a gateway in front of it.
+/// A kubelet stand-in and a gateway in front of it, and, for the tests of
+/// SubjectAccessReview and TokenReview, a fake apiserver.
 pub struct Env {
     pub certs: Certs,
     pub kubelet: DemoKubelet,
     pub gateway: SocketAddr,
+    pub apiserver: Option<apiserver::FakeApiserver>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -135,6 +209,24 @@ impl Env {
 
     pub async fn start_full(
         kubelet_options: DemoKubeletOptions,
+        adjust: impl FnOnce(&Certs, &mut Settings),
+    ) -> Env {
+        Env::start_inner(kubelet_options, false, adjust).await
+    }
+
+    /// A gateway that asks the fake apiserver: no static rules, every
+    /// decision is a SubjectAccessReview, bearer tokens get a TokenReview.
+    pub async fn with_apiserver(adjust: impl FnOnce(&Certs, &mut Settings)) -> Env {
+        Env::start_inner(DemoKubeletOptions::default(), true, adjust).await
+    }
+
+    pub fn api(&self) -> &apiserver::FakeApiserver {
+        self.apiserver.as_ref().expect("started with an apiserver")
+    }
+
+    async fn start_inner(
+        kubelet_options: DemoKubeletOptions,
+        with_apiserver: bool,
         adjust: impl FnOnce(&Certs, &mut Settings),
     ) -> Env {
         let certs = Certs::new();
@@ -156,12 +248,23 @@ impl Env {
         .await
         .unwrap();
         let mut settings = gateway_settings(&certs, kubelet.addr());
+        let apiserver = if with_apiserver {
+            let api = apiserver::FakeApiserver::start(&certs).await;
+            settings.kubeconfig = Some(api.write_kubeconfig(&certs, "gateway-sa-token-1"));
+            settings.authorization_mode = Some(AuthorizationMode::Webhook);
+            settings.authentication_token_webhook = Some(true);
+            settings.authorization = None;
+            Some(api)
+        } else {
+            None
+        };
         adjust(&certs, &mut settings);
         let (gateway, shutdown, task) = start_gateway(settings).await;
         Env {
             certs,
             kubelet,
             gateway,
+            apiserver,
             shutdown,
             task,
         }
@@ -182,10 +285,24 @@ impl Env {
 
     /// One GET over a fresh HTTP/1.1 connection; returns status and body.
     pub async fn get(&self, who: &Identity, target: &str) -> (u16, String) {
+        self.call(who, http::Method::GET, target, None).await
+    }
+
+    /// One request over a fresh HTTP/1.1 connection, optionally with a
+    /// bearer token; returns status and body.
+    pub async fn call(
+        &self,
+        who: &Identity,
+        method: http::Method,
+        target: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
         let mut client = self.connect(who).await;
-        let response = client
-            .send(Request::get(target).body(empty()).unwrap())
-            .await;
+        let mut request = Request::builder().method(method).uri(target);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = client.send(request.body(empty()).unwrap()).await;
         let status = response.status().as_u16();
         (status, body_text(response).await)
     }
@@ -211,6 +328,9 @@ pub fn gateway_settings(certs: &Certs, kubelet: SocketAddr) -> Settings {
         authorization: Some(AuthorizationSettings {
             static_rules: default_rules(),
         }),
+        // No apiserver unless a test starts one (see `apiserver.rs`).
+        authorization_mode: Some(AuthorizationMode::Static),
+        authentication_token_webhook: Some(false),
         ..Settings::default()
     }
 }

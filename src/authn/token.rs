@@ -1,0 +1,139 @@
+//! Bearer tokens, checked with a TokenReview as the kubelet's webhook token
+//! authenticator checks them. Results, good and bad, are cached for the
+//! configured TTL under a hash of the token (the token itself is not kept);
+//! concurrent checks of one token share one review. A review that fails is
+//! not cached and the request gets a 401.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::Api;
+use kube::api::PostParams;
+use moka::future::Cache;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::Identity;
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("the token was not accepted by the apiserver")]
+    Rejected,
+    #[error("the token review failed: {0}")]
+    ReviewFailed(String),
+}
+
+pub struct TokenAuthenticator {
+    api: Api<TokenReview>,
+    audiences: Vec<String>,
+    timeout: Duration,
+    /// `None`: the apiserver said no.
+    results: Cache<[u8; 32], Option<Arc<Identity>>>,
+}
+
+impl TokenAuthenticator {
+    pub fn new(
+        client: kube::Client,
+        audiences: Vec<String>,
+        cache_ttl: Duration,
+        timeout: Duration,
+    ) -> Self {
+        TokenAuthenticator {
+            api: Api::all(client),
+            audiences,
+            timeout,
+            results: Cache::builder()
+                .max_capacity(16_384)
+                .time_to_live(cache_ttl)
+                .build(),
+        }
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let outcome = self
+            .results
+            .try_get_with(key, self.review(token))
+            .await
+            .map_err(|e| e.as_ref().clone())?;
+        outcome.ok_or(TokenError::Rejected)
+    }
+
+    async fn review(&self, token: &str) -> Result<Option<Arc<Identity>>, TokenError> {
+        let review = TokenReview {
+            metadata: Default::default(),
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+            },
+            status: None,
+        };
+        let answer = tokio::time::timeout(
+            self.timeout,
+            self.api.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| TokenError::ReviewFailed(format!("no answer within {:?}", self.timeout)))?
+        .map_err(|e| TokenError::ReviewFailed(e.to_string()))?;
+        let Some(status) = answer.status else {
+            return Err(TokenError::ReviewFailed(
+                "the review came back without a status".into(),
+            ));
+        };
+        if status.authenticated != Some(true) {
+            return Ok(None);
+        }
+        // Asked for audiences, the token must be meant for one of them.
+        if !self.audiences.is_empty() {
+            let granted = status.audiences.unwrap_or_default();
+            if !granted.iter().any(|a| self.audiences.contains(a)) {
+                return Ok(None);
+            }
+        }
+        let Some(user) = status
+            .user
+            .filter(|u| u.username.as_deref().is_some_and(|n| !n.is_empty()))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(Identity {
+            user: user.username.unwrap_or_default(),
+            uid: user.uid.unwrap_or_default(),
+            groups: user.groups.unwrap_or_default(),
+            extra: user.extra.unwrap_or_default(),
+        })))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, read as the
+/// kubelet reads it: scheme case-insensitive, empty tokens ignored.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let mut parts = value.splitn(3, ' ');
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_auth(value: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_as_the_kubelet_reads_them() {
+        assert_eq!(bearer_token(&with_auth("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&with_auth("bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&with_auth("Bearer abc trailing")), Some("abc"));
+        assert_eq!(bearer_token(&with_auth("Bearer ")), None);
+        assert_eq!(bearer_token(&with_auth("Basic dXNlcjpwYXNz")), None);
+        assert_eq!(bearer_token(&with_auth("Bearer")), None);
+        assert_eq!(bearer_token(&http::HeaderMap::new()), None);
+    }
+}

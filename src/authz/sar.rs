@@ -1,0 +1,93 @@
+//! SubjectAccessReview: the question the kubelet's webhook authorizer asks
+//! the apiserver, asked the same way — one review per subresource, with the
+//! caller's user, groups, uid and extra, for `nodes/<subresource>` named
+//! after this node.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::Api;
+use kube::api::PostParams;
+use thiserror::Error;
+
+use super::attributes::{Subresource, Verb};
+use crate::authn::Identity;
+
+/// Why a review gave no answer. The request is then refused: an unanswered
+/// question is never an allow.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ReviewError {
+    #[error("no answer from the apiserver within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The review the kubelet would send for this identity and check. Empty
+/// fields are left out, as Go's `omitempty` leaves them out.
+pub fn review_for(
+    identity: &Identity,
+    node: &str,
+    verb: Verb,
+    subresource: Subresource,
+) -> SubjectAccessReview {
+    SubjectAccessReview {
+        metadata: Default::default(),
+        spec: SubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.as_str().to_owned()),
+                version: Some("v1".to_owned()),
+                resource: Some("nodes".to_owned()),
+                subresource: Some(subresource.as_str().to_owned()),
+                name: Some(node.to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            user: Some(identity.user.clone()),
+            uid: (!identity.uid.is_empty()).then(|| identity.uid.clone()),
+            groups: (!identity.groups.is_empty()).then(|| identity.groups.clone()),
+            extra: (!identity.extra.is_empty()).then(|| identity.extra.clone()),
+            non_resource_attributes: None,
+        },
+        status: None,
+    }
+}
+
+/// Sends reviews for one node.
+pub struct Reviewer {
+    api: Api<SubjectAccessReview>,
+    node: String,
+    timeout: Duration,
+}
+
+impl Reviewer {
+    pub fn new(client: kube::Client, node: String, timeout: Duration) -> Self {
+        Reviewer {
+            api: Api::all(client),
+            node,
+            timeout,
+        }
+    }
+
+    /// `Ok(true)` only when the apiserver says allowed.
+    pub async fn review(
+        &self,
+        identity: &Identity,
+        verb: Verb,
+        subresource: Subresource,
+    ) -> Result<bool, ReviewError> {
+        let review = review_for(identity, &self.node, verb, subresource);
+        let answer = tokio::time::timeout(
+            self.timeout,
+            self.api.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| ReviewError::Timeout(self.timeout))?
+        .map_err(|e| ReviewError::Failed(e.to_string()))?;
+        let status = answer
+            .status
+            .ok_or_else(|| ReviewError::Failed("the review came back without a status".into()))?;
+        Ok(status.allowed && status.denied != Some(true))
+    }
+}
