@@ -1,28 +1,33 @@
-//! Assembly: a validated [`Config`] becomes a running gateway. Reading this
-//! function top to bottom is reading the request path: TLS → authentication →
-//! authorization → forwarding.
+//! Assembly: a validated [`Config`] becomes a running gateway. Reading
+//! [`Gateway::bind`] top to bottom is reading the request path: TLS →
+//! authentication → authorization → forwarding; then the admin listener and
+//! the reloader that keep it running.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use rustls::crypto::CryptoProvider;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
 use crate::apiserver::{self, ApiserverError};
 use crate::authn::{Authenticator, TokenAuthenticator};
 use crate::authz::cache::DecisionCache;
 use crate::authz::sar::Reviewer;
 use crate::authz::{Authorizer, Webhook};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
-use crate::server::{Server, ServerOptions};
-use crate::tls::{self, ServingFiles, TlsError, TlsState};
+use crate::server::Server;
+use crate::tls::reload::{self, Material};
+use crate::tls::{self, ServingFiles, TlsError, TlsOptions, TlsState};
 
 /// How long the other direction of an upgraded stream may keep going after
 /// one side has closed.
@@ -31,6 +36,9 @@ const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
 /// Bound on cached authorization decisions (one per identity, verb and
 /// subresource): far more than the callers a node sees.
 const DECISION_CACHE_ENTRIES: u64 = 65_536;
+
+/// Files are re-checked this often even without a change event.
+const RELOAD_RESYNC: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -47,25 +55,56 @@ pub enum StartError {
     UpstreamToken { path: PathBuf, problem: String },
 }
 
-/// A gateway bound to its port, ready to run.
+/// A gateway bound to its ports, ready to run.
 pub struct Gateway {
     server: Server,
     local_addr: SocketAddr,
-    // Keeps the TLS state channel open; reloading publishes through it.
-    _tls_updates: watch::Sender<Arc<TlsState>>,
+    admin: Arc<Admin>,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
+    materials: Vec<Material>,
+    metrics: Arc<Metrics>,
+    grace: Duration,
+    shutting_down: CancellationToken,
 }
 
 impl Gateway {
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        let metrics = Arc::new(Metrics::new());
         let provider = tls::crypto_provider(&config.tls)?;
+        let mut materials = Vec::new();
+
+        // TLS: serving certificate and client CA, reloaded together.
         let serving = ServingFiles {
             cert: config.tls_cert_file.clone(),
             key: config.tls_private_key_file.clone(),
             client_ca: config.client_ca_file.clone(),
         };
         let (tls_updates, tls_state) =
-            watch::channel(Arc::new(TlsState::load(&serving, &config.tls, &provider)?));
+            watch::channel(load_serving(&serving, &config.tls, &provider, &metrics)?);
+        let reload_serving = {
+            let (options, provider, metrics) =
+                (config.tls.clone(), provider.clone(), metrics.clone());
+            let serving = serving.clone();
+            Box::new(move || {
+                let state = load_serving(&serving, &options, &provider, &metrics)
+                    .map_err(|e| e.to_string())?;
+                tls_updates.send_replace(state);
+                Ok(())
+            })
+        };
+        let serving_paths = [
+            Some(serving.cert.clone()),
+            Some(serving.key.clone()),
+            serving.client_ca.clone(),
+        ];
+        materials.push(Material::new(
+            "serving",
+            serving_paths.into_iter().flatten().collect(),
+            reload_serving,
+        ));
 
+        // Authentication and authorization, with the apiserver if configured.
         let (tokens, webhook) = match &config.apiserver {
             Some(apiserver) => {
                 let client = apiserver::client(apiserver.kubeconfig.as_deref()).await?;
@@ -75,6 +114,7 @@ impl Gateway {
                         t.audiences.clone(),
                         t.cache_ttl,
                         apiserver.review_timeout,
+                        metrics.clone(),
                     )
                 });
                 let webhook = apiserver.authorization.as_ref().map(|a| Webhook {
@@ -82,6 +122,7 @@ impl Gateway {
                         client.clone(),
                         config.node_name.clone(),
                         apiserver.review_timeout,
+                        metrics.clone(),
                     ),
                     cache: DecisionCache::new(
                         a.authorized_ttl,
@@ -96,46 +137,100 @@ impl Gateway {
         let authenticator = Authenticator::new(tls_state.clone(), tokens, config.anonymous_auth);
         let authorizer = Authorizer::new(config.static_rules.clone(), webhook);
 
+        // Forwarding: the gateway's own credentials for the kubelet, reloaded.
         if config.upstream_tls.insecure_skip_verify {
             tracing::warn!(
                 "--upstream-insecure-skip-tls-verify: the kubelet's serving certificate is not verified"
             );
         }
-        let upstream_tls = tls::upstream_client_config(&config.upstream_tls, &provider)?;
-        let token = read_upstream_token(config.upstream_token_file.as_deref())?;
-        let (_token_updates, token) = watch::channel(token);
+        let client_cert = match &config.upstream_tls.client_cert {
+            Some((cert, key)) => {
+                let (updates, current) =
+                    watch::channel(Arc::new(tls::load_certified_key(cert, key, &provider)?));
+                let (cert, key, provider) = (cert.clone(), key.clone(), provider.clone());
+                let paths = vec![cert.clone(), key.clone()];
+                let reload = Box::new(move || {
+                    let loaded = tls::load_certified_key(&cert, &key, &provider)
+                        .map_err(|e| e.to_string())?;
+                    updates.send_replace(Arc::new(loaded));
+                    Ok(())
+                });
+                materials.push(Material::new("upstream_client", paths, reload));
+                Some(current)
+            }
+            None => None,
+        };
+        let upstream_tls =
+            tls::upstream_client_config(&config.upstream_tls, client_cert, &provider)?;
+        let (token_updates, token) =
+            watch::channel(read_upstream_token(config.upstream_token_file.as_deref())?);
+        if let Some(path) = config.upstream_token_file.clone() {
+            let reload = Box::new({
+                let path = path.clone();
+                move || {
+                    let token = read_upstream_token(Some(&path)).map_err(|e| e.to_string())?;
+                    token_updates.send_replace(token);
+                    Ok(())
+                }
+            });
+            materials.push(Material::new("upstream_token", vec![path], reload));
+        }
         let upstream = Upstream::new(
             config.upstream_scheme.clone(),
             config.upstream_authority.clone(),
             upstream_tls,
+            config.upstream_tls.server_name.clone(),
             token,
             &UpstreamOptions::default(),
         );
-        let forwarder = Forwarder::new(upstream, HALF_CLOSE_LINGER);
+        let forwarder = Forwarder::new(upstream.clone(), HALF_CLOSE_LINGER);
 
         let pipeline = Arc::new(Pipeline {
             streaming_authz: config.streaming_authz,
             authenticator,
             authorizer,
             forwarder,
+            metrics: metrics.clone(),
         });
 
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = bind(config.listen).await?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
-        let server = Server::new(listener, tls_state, pipeline, ServerOptions::default());
+        let server = Server::new(
+            listener,
+            tls_state.clone(),
+            pipeline,
+            config.limits.clone(),
+            metrics.clone(),
+        );
+
+        let admin_listener = bind(config.admin_listen).await?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let shutting_down = CancellationToken::new();
+        let admin = Arc::new(Admin::new(
+            metrics.clone(),
+            tls_state,
+            upstream,
+            shutting_down.clone(),
+        ));
+
         Ok(Gateway {
             server,
             local_addr,
-            _tls_updates: tls_updates,
+            admin,
+            admin_listener,
+            admin_addr,
+            materials,
+            metrics,
+            grace: config.shutdown_grace_period,
+            shutting_down,
         })
     }
 
@@ -143,15 +238,59 @@ impl Gateway {
         self.local_addr
     }
 
-    /// Serves until `shutdown` is cancelled, then drains for `grace`.
-    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        tracing::info!(address = %self.local_addr, "serving");
-        self.server.run(shutdown, grace).await;
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains for the grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(address = %self.local_addr, admin = %self.admin_addr, "serving");
+        let stop = CancellationToken::new();
+        let reloader = tokio::spawn(reload::watch(
+            self.materials,
+            self.metrics.clone(),
+            RELOAD_RESYNC,
+            stop.clone(),
+        ));
+        let admin = tokio::spawn(self.admin.serve(self.admin_listener, stop.clone()));
+
+        let shutting_down = self.shutting_down.clone();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            signal.cancelled().await;
+            // /readyz turns 503 at once, while requests drain.
+            shutting_down.cancel();
+        });
+        self.server.run(shutdown, self.grace).await;
+
+        stop.cancel();
+        let _ = reloader.await;
+        let _ = admin.await;
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn load_serving(
+    files: &ServingFiles,
+    options: &TlsOptions,
+    provider: &Arc<CryptoProvider>,
+    metrics: &Metrics,
+) -> Result<Arc<TlsState>, TlsError> {
+    let state = TlsState::load(files, options, provider)?;
+    metrics.set_expiry("serving", state.serving_expires_at);
+    if let Some(ca) = &state.client_ca {
+        metrics.set_expiry("client_ca", ca.expires_at());
+    }
+    Ok(Arc::new(state))
+}
+
 /// The `Authorization` header the gateway sends to the kubelet.
-fn read_upstream_token(path: Option<&std::path::Path>) -> Result<Option<HeaderValue>, StartError> {
+fn read_upstream_token(path: Option<&Path>) -> Result<Option<HeaderValue>, StartError> {
     let Some(path) = path else {
         return Ok(None);
     };

@@ -57,6 +57,17 @@ pub enum AuthorizationMode {
     Static,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable.
+    Text,
+}
+
 /// A setting that cannot be used, and how to fix it.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -141,6 +152,13 @@ pub struct Settings {
     #[serde(default)]
     pub upstream_client_key_file: Option<PathBuf>,
 
+    /// The name to verify the kubelet's serving certificate against, when it
+    /// is not the upstream host (kubelet certificates name the node, not
+    /// 127.0.0.1).
+    #[arg(long, value_name = "NAME")]
+    #[serde(default)]
+    pub upstream_tls_server_name: Option<String>,
+
     /// File holding a bearer token the gateway presents to the kubelet.
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
@@ -207,6 +225,62 @@ pub struct Settings {
     #[serde(default)]
     pub review_timeout: Option<GoDuration>,
 
+    /// Plain-HTTP listener for /healthz, /livez, /readyz and /metrics
+    /// [default: 127.0.0.1:10251].
+    #[arg(long, value_name = "IP:PORT")]
+    #[serde(default)]
+    pub admin_listen_address: Option<SocketAddr>,
+
+    /// json or text [default: json].
+    #[arg(long, value_name = "FORMAT")]
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+
+    /// On SIGTERM, how long in-flight requests and upgraded streams may run
+    /// before they are closed [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub shutdown_grace_period: Option<GoDuration>,
+
+    /// A TLS handshake that takes longer is dropped [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub tls_handshake_timeout: Option<GoDuration>,
+
+    /// HTTP/1.1: once a request head has started arriving, it must be
+    /// complete within this (slow-header protection) [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub request_header_timeout: Option<GoDuration>,
+
+    /// HTTP/1.1: a kept-alive connection with no request for this long is
+    /// closed; at least the kubelet's 90s [default: 90s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub idle_timeout: Option<GoDuration>,
+
+    /// Largest request head accepted, like the kubelet's [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(default)]
+    pub max_request_header_bytes: Option<usize>,
+
+    /// Connections served at once; beyond it accepting pauses [default: 20000].
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+
+    /// HTTP/2 streams per connection [default: 250].
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    pub http2_max_concurrent_streams: Option<u32>,
+
+    /// HTTP/2 streams a client may reset before they are accepted, per
+    /// connection; more closes the connection (CVE-2023-44487 "rapid
+    /// reset") [default: 20].
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    pub http2_max_reset_streams: Option<usize>,
+
     /// Config file only: `static` rules checked before any review.
     #[arg(skip)]
     #[serde(default)]
@@ -238,6 +312,36 @@ pub struct Config {
     pub static_rules: StaticRules,
     /// The apiserver, when anything needs it.
     pub apiserver: Option<ApiserverConfig>,
+    pub admin_listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub shutdown_grace_period: Duration,
+    pub limits: Limits,
+}
+
+/// Protection against slow, greedy or hostile clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub tls_handshake_timeout: Duration,
+    pub request_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_request_header_bytes: usize,
+    pub max_connections: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_reset_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tls_handshake_timeout: Duration::from_secs(10),
+            request_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            max_request_header_bytes: 1 << 20,
+            max_connections: 20_000,
+            http2_max_concurrent_streams: 250,
+            http2_max_reset_streams: 20,
+        }
+    }
 }
 
 /// How the gateway uses the apiserver.
@@ -304,6 +408,9 @@ impl Settings {
                 .upstream_client_key_file
                 .or(self.upstream_client_key_file),
             upstream_token_file: flags.upstream_token_file.or(self.upstream_token_file),
+            upstream_tls_server_name: flags
+                .upstream_tls_server_name
+                .or(self.upstream_tls_server_name),
             upstream_insecure_skip_tls_verify: flags
                 .upstream_insecure_skip_tls_verify
                 .or(self.upstream_insecure_skip_tls_verify),
@@ -325,12 +432,29 @@ impl Settings {
                 .authorization_webhook_cache_unauthorized_ttl
                 .or(self.authorization_webhook_cache_unauthorized_ttl),
             review_timeout: flags.review_timeout.or(self.review_timeout),
+            admin_listen_address: flags.admin_listen_address.or(self.admin_listen_address),
+            log_format: flags.log_format.or(self.log_format),
+            shutdown_grace_period: flags.shutdown_grace_period.or(self.shutdown_grace_period),
+            tls_handshake_timeout: flags.tls_handshake_timeout.or(self.tls_handshake_timeout),
+            request_header_timeout: flags.request_header_timeout.or(self.request_header_timeout),
+            idle_timeout: flags.idle_timeout.or(self.idle_timeout),
+            max_request_header_bytes: flags
+                .max_request_header_bytes
+                .or(self.max_request_header_bytes),
+            max_connections: flags.max_connections.or(self.max_connections),
+            http2_max_concurrent_streams: flags
+                .http2_max_concurrent_streams
+                .or(self.http2_max_concurrent_streams),
+            http2_max_reset_streams: flags
+                .http2_max_reset_streams
+                .or(self.http2_max_reset_streams),
             authorization: flags.authorization.or(self.authorization),
         }
     }
 
     /// Applies defaults and checks every setting.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let limits = self.limits()?;
         let node_name = self.node_name.ok_or_else(|| {
             invalid(
                 "node-name",
@@ -376,6 +500,27 @@ impl Settings {
                 "upstream-insecure-skip-tls-verify",
                 "upstreamInsecureSkipTlsVerify",
                 "conflicts with --upstream-ca-file: give a CA to verify the kubelet, or skip verification, not both",
+            ));
+        }
+        let server_name = self
+            .upstream_tls_server_name
+            .map(|name| {
+                rustls_pki_types::ServerName::try_from(name.clone())
+                    .map(|n| n.to_owned())
+                    .map_err(|_| {
+                        invalid(
+                            "upstream-tls-server-name",
+                            "upstreamTlsServerName",
+                            format!("{name:?} is not a DNS name or IP address"),
+                        )
+                    })
+            })
+            .transpose()?;
+        if server_name.is_some() && insecure {
+            return Err(invalid(
+                "upstream-tls-server-name",
+                "upstreamTlsServerName",
+                "has no effect with --upstream-insecure-skip-tls-verify",
             ));
         }
         let client_cert = match (
@@ -466,13 +611,83 @@ impl Settings {
                 ca_file: self.upstream_ca_file,
                 client_cert,
                 insecure_skip_verify: insecure,
+                server_name,
             },
             upstream_token_file: self.upstream_token_file,
             streaming_authz: self.streaming_authz.unwrap_or_default(),
             anonymous_auth: self.anonymous_auth.unwrap_or(false),
             static_rules,
             apiserver,
+            admin_listen: self
+                .admin_listen_address
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10251))),
+            log_format: self.log_format.unwrap_or_default(),
+            shutdown_grace_period: self
+                .shutdown_grace_period
+                .map_or(Duration::from_secs(30), |d| d.0),
+            limits,
         })
+    }
+
+    fn limits(&self) -> Result<Limits, ConfigError> {
+        let default = Limits::default();
+        let positive = |value: Option<GoDuration>, fallback: Duration, flag, key| match value {
+            Some(GoDuration(d)) if d.is_zero() => Err(invalid(flag, key, "must be more than 0s")),
+            Some(GoDuration(d)) => Ok(d),
+            None => Ok(fallback),
+        };
+        let limits = Limits {
+            tls_handshake_timeout: positive(
+                self.tls_handshake_timeout,
+                default.tls_handshake_timeout,
+                "tls-handshake-timeout",
+                "tlsHandshakeTimeout",
+            )?,
+            request_header_timeout: positive(
+                self.request_header_timeout,
+                default.request_header_timeout,
+                "request-header-timeout",
+                "requestHeaderTimeout",
+            )?,
+            idle_timeout: positive(
+                self.idle_timeout,
+                default.idle_timeout,
+                "idle-timeout",
+                "idleTimeout",
+            )?,
+            max_request_header_bytes: self
+                .max_request_header_bytes
+                .unwrap_or(default.max_request_header_bytes),
+            max_connections: self.max_connections.unwrap_or(default.max_connections),
+            http2_max_concurrent_streams: self
+                .http2_max_concurrent_streams
+                .unwrap_or(default.http2_max_concurrent_streams),
+            http2_max_reset_streams: self
+                .http2_max_reset_streams
+                .unwrap_or(default.http2_max_reset_streams),
+        };
+        if limits.max_request_header_bytes < 8192 {
+            return Err(invalid(
+                "max-request-header-bytes",
+                "maxRequestHeaderBytes",
+                "must be at least 8192: smaller would refuse ordinary requests",
+            ));
+        }
+        if limits.max_connections == 0 {
+            return Err(invalid(
+                "max-connections",
+                "maxConnections",
+                "must be at least 1",
+            ));
+        }
+        if limits.http2_max_concurrent_streams == 0 {
+            return Err(invalid(
+                "http2-max-concurrent-streams",
+                "http2MaxConcurrentStreams",
+                "must be at least 1",
+            ));
+        }
+        Ok(limits)
     }
 }
 

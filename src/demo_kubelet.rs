@@ -324,6 +324,9 @@ fn container_log(state: &State, query: &str) -> Response<Body> {
         .min(10_000);
     let interval = state.options.log_interval;
 
+    // `limitBytes` ends the log after that many bytes, even when following.
+    let mut budget: Option<usize> = param("limitBytes").and_then(|v| v.parse().ok());
+
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let line = |n: usize| {
@@ -337,17 +340,20 @@ fn container_log(state: &State, query: &str) -> Response<Body> {
                 Bytes::from(text)
             }
         };
-        for n in 1..=tail {
-            if tx.send(line(n)).await.is_err() {
-                return;
-            }
-        }
-        if follow {
-            for n in tail + 1.. {
-                tokio::time::sleep(interval).await;
-                if tx.send(line(n)).await.is_err() {
+        for n in 1.. {
+            if n > tail {
+                if !follow {
                     return;
                 }
+                tokio::time::sleep(interval).await;
+            }
+            let mut bytes = line(n);
+            if let Some(left) = budget.as_mut() {
+                bytes.truncate(*left);
+                *left -= bytes.len();
+            }
+            if tx.send(bytes).await.is_err() || budget == Some(0) {
+                return;
             }
         }
     });

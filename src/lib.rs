@@ -7,6 +7,8 @@
 //! [`proxy`]; [`tls`] holds every certificate concern, [`config`] turns flags
 //! and the config file into a [`config::Config`], and [`app`] assembles it all.
 
+pub mod access_log;
+pub mod admin;
 pub mod apiserver;
 pub mod app;
 pub mod authn;
@@ -15,6 +17,7 @@ pub mod body;
 pub mod certs;
 pub mod config;
 pub mod demo_kubelet;
+pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod reject;

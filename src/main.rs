@@ -11,36 +11,23 @@ use cli::{CertsCommand, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One crypto provider for every TLS stack in the process.
+    // One crypto provider for every TLS stack in the process, the kube
+    // client's included.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    init_logging(matches!(cli.command, Command::Serve(_)));
-
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        Command::Serve(settings) => cli::serve(*settings),
+        Command::Explain(args) => cli::explain::run(&args),
+        Command::Certs {
+            command:
+                CertsCommand::Dev {
+                    out,
+                    node_name,
+                    ips,
+                    dns_names,
+                },
+        } => cli::certs_dev(out, node_name, ips, dns_names),
+        Command::Demo { dir, listen } => cli::demo::run(&dir, listen),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(settings) => cli::serve(*settings).await,
-            Command::Certs {
-                command:
-                    CertsCommand::Dev {
-                        out,
-                        node_name,
-                        ips,
-                        dns_names,
-                    },
-            } => cli::certs_dev(out, node_name, ips, dns_names),
-            Command::Demo { dir, listen } => cli::demo::run(&dir, listen).await,
-            Command::Explain(args) => cli::explain::run(&args),
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -64,17 +51,4 @@ fn describe_error(error: &anyhow::Error) -> String {
         }
     }
     text
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -1,26 +1,35 @@
 //! One request, top to bottom: authenticate → check the path → map to
 //! attributes → authorize → forward. Each step either passes the request on
-//! or ends it with a [`Rejection`]; nothing goes back up.
+//! or ends it with a [`Rejection`]; nothing goes back up. Alongside, an
+//! [`AccessRecord`] collects what happened, written when the response ends.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use http::uri::PathAndQuery;
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::authn::{Authenticator, ClientCertificate};
+use crate::access_log::AccessRecord;
+use crate::authn::{Authenticated, Authenticator, AuthnError, ClientCertificate};
 use crate::authz::attributes::{StreamingAuthz, request_attributes};
-use crate::authz::path::decode_request_path;
+use crate::authz::path::{PathError, decode_request_path};
 use crate::authz::{Authorizer, Decision};
-use crate::body::Body;
-use crate::proxy::Forwarder;
+use crate::body::{self, Body, Counted};
+use crate::metrics::{AuthnLabels, Metrics};
+use crate::proxy::{Forwarder, Relayed, StreamObserver};
 use crate::reject::Rejection;
+use crate::server::HeadClock;
 
 /// What the server knows about the connection a request arrived on.
 pub struct Connection {
     pub peer: SocketAddr,
     pub client_certificate: Option<ClientCertificate>,
+    /// HTTP/1.1 only: tells the slow-header guard when a request is in
+    /// progress and when the connection was upgraded.
+    pub head_clock: Option<Arc<HeadClock>>,
 }
 
 pub struct Pipeline {
@@ -28,6 +37,7 @@ pub struct Pipeline {
     pub authenticator: Authenticator,
     pub authorizer: Authorizer,
     pub forwarder: Forwarder,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -36,78 +46,155 @@ impl Pipeline {
         connection: &Connection,
         request: Request<Incoming>,
     ) -> Response<Body> {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let response = match self.process(connection, request).await {
+        if let Some(clock) = &connection.head_clock {
+            clock.request_started();
+        }
+        let mut record = AccessRecord::new(connection.peer, request.method(), request.uri().path());
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let request =
+            request.map(|b| body::boxed(Counted::new(body::boxed(b), bytes_in.clone(), None)));
+
+        let response = match self.process(connection, request, &mut record).await {
             Ok(response) => response,
             Err(rejection) => {
-                tracing::info!(peer = %connection.peer, %method, %path, reason = %rejection, "request refused");
+                record.refused(&rejection);
+                tracing::debug!(peer = %connection.peer, reason = %rejection, "request refused");
                 rejection.into_response()
             }
         };
-        tracing::debug!(
-            peer = %connection.peer,
-            %method,
-            %path,
-            status = response.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-            "request"
-        );
-        response
+
+        record.status(response.status().as_u16());
+        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let clock = connection.head_clock.clone();
+        if upgraded && let Some(clock) = &clock {
+            clock.upgraded();
+        }
+        let metrics = self.metrics.clone();
+        response.map(move |b| {
+            let on_end = move |bytes_out| {
+                record.finish(
+                    bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+                    bytes_out,
+                    &metrics,
+                );
+                if let (false, Some(clock)) = (upgraded, clock) {
+                    clock.response_finished();
+                }
+            };
+            body::boxed(Counted::new(b, Arc::default(), Some(Box::new(on_end))))
+        })
     }
 
     async fn process(
         &self,
         connection: &Connection,
-        request: Request<Incoming>,
+        request: Request<Body>,
+        record: &mut AccessRecord,
     ) -> Result<Response<Body>, Rejection> {
-        let caller = self
-            .authenticator
-            .authenticate(connection.client_certificate.as_ref(), request.headers())
-            .await?;
+        let caller = self.authenticate(connection, &request).await?;
+        record.authenticated(&caller);
 
         let target = request_target(&request)?;
         let decoded_path = decode_request_path(target.path())?;
         let attributes = request_attributes(request.method(), &decoded_path, self.streaming_authz)?;
+        record.attributes(attributes);
 
-        let decision = self
+        let decision = match self
             .authorizer
             .authorize(&caller.identity, &attributes)
             .await
-            .map_err(|error| Rejection::AuthorizationError {
-                user: caller.identity.user.clone(),
-                verb: attributes.verb,
-                error,
-            })?;
-        match decision {
-            Decision::Allowed { .. } => {}
-            Decision::Denied { .. } => {
-                return Err(Rejection::Forbidden {
+        {
+            Ok(decision) => decision,
+            Err(error) => {
+                record.authorization_failed(&self.metrics);
+                return Err(Rejection::AuthorizationError {
                     user: caller.identity.user.clone(),
                     verb: attributes.verb,
-                    subresources: attributes.subresources,
+                    error,
                 });
             }
+        };
+        record.decided(decision, &self.metrics);
+        if let Decision::Denied { .. } = decision {
+            return Err(Rejection::Forbidden {
+                user: caller.identity.user.clone(),
+                verb: attributes.verb,
+                subresources: attributes.subresources,
+            });
         }
 
-        let on_stream_end = Box::new(|_| {});
-        Ok(self
+        let started = Instant::now();
+        let stream_log = || -> Box<dyn StreamObserver> {
+            Box::new(StreamLog {
+                record: record.clone(),
+                metrics: self.metrics.clone(),
+            })
+        };
+        let response = self
             .forwarder
-            .forward(request, target, connection.peer.ip(), on_stream_end)
-            .await?)
+            .forward(request, target, connection.peer.ip(), stream_log)
+            .await?;
+        self.metrics
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
+        record.forwarded();
+        Ok(response)
+    }
+
+    async fn authenticate(
+        &self,
+        connection: &Connection,
+        request: &Request<Body>,
+    ) -> Result<Authenticated, Rejection> {
+        let result = self
+            .authenticator
+            .authenticate(connection.client_certificate.as_ref(), request.headers())
+            .await;
+        let labels = match &result {
+            Ok(caller) => AuthnLabels {
+                method: caller.method.as_str(),
+                result: "success",
+            },
+            Err(error) => AuthnLabels {
+                method: match error {
+                    AuthnError::NoCredentials => "none",
+                    AuthnError::Certificate(_) => "x509",
+                    AuthnError::Token(_) => "token",
+                },
+                result: "failure",
+            },
+        };
+        self.metrics.authentications.get_or_create(&labels).inc();
+        Ok(result?)
+    }
+}
+
+/// Logs and counts an upgraded stream from open to close.
+struct StreamLog {
+    record: AccessRecord,
+    metrics: Arc<Metrics>,
+}
+
+impl StreamObserver for StreamLog {
+    fn opened(&self) {
+        self.metrics.upgraded_streams.inc();
+    }
+
+    fn closed(self: Box<Self>, outcome: Result<Relayed, String>) {
+        self.metrics.upgraded_streams.dec();
+        self.record.stream_closed(&outcome, &self.metrics);
     }
 }
 
 /// The path and query exactly as the caller sent them. HTTP/1 absolute-form
 /// (`GET https://host/pods`) is a proxy request no apiserver sends; refusing
 /// it keeps one spelling per request.
-fn request_target(request: &Request<Incoming>) -> Result<PathAndQuery, Rejection> {
+fn request_target(request: &Request<Body>) -> Result<PathAndQuery, Rejection> {
     let uri = request.uri();
     if request.version() < Version::HTTP_2 && uri.scheme().is_some() {
         return Err(Rejection::AbsoluteForm);
     }
-    uri.path_and_query().cloned().ok_or(Rejection::BadPath(
-        crate::authz::path::PathError::NotAbsolute,
-    ))
+    uri.path_and_query()
+        .cloned()
+        .ok_or(Rejection::BadPath(PathError::NotAbsolute))
 }

@@ -5,7 +5,7 @@
 //! not cached and the request gets a 401.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Api;
@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::Identity;
+use crate::metrics::{Metrics, ReviewLabels};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -30,6 +31,7 @@ pub struct TokenAuthenticator {
     timeout: Duration,
     /// `None`: the apiserver said no.
     results: Cache<[u8; 32], Option<Arc<Identity>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenAuthenticator {
@@ -38,6 +40,7 @@ impl TokenAuthenticator {
         audiences: Vec<String>,
         cache_ttl: Duration,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         TokenAuthenticator {
             api: Api::all(client),
@@ -47,17 +50,22 @@ impl TokenAuthenticator {
                 .max_capacity(16_384)
                 .time_to_live(cache_ttl)
                 .build(),
+            metrics,
         }
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let outcome = self
+        let entry = self
             .results
-            .try_get_with(key, self.review(token))
+            .entry(key)
+            .or_try_insert_with(self.review(token))
             .await
             .map_err(|e| e.as_ref().clone())?;
-        outcome.ok_or(TokenError::Rejected)
+        if !entry.is_fresh() {
+            self.metrics.token_cache_hits.inc();
+        }
+        entry.into_value().ok_or(TokenError::Rejected)
     }
 
     async fn review(&self, token: &str) -> Result<Option<Arc<Identity>>, TokenError> {
@@ -69,13 +77,21 @@ impl TokenAuthenticator {
             },
             status: None,
         };
+        let started = Instant::now();
         let answer = tokio::time::timeout(
             self.timeout,
             self.api.create(&PostParams::default(), &review),
         )
-        .await
-        .map_err(|_| TokenError::ReviewFailed(format!("no answer within {:?}", self.timeout)))?
-        .map_err(|e| TokenError::ReviewFailed(e.to_string()))?;
+        .await;
+        self.metrics
+            .review_duration
+            .get_or_create(&ReviewLabels {
+                kind: "tokenreview",
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let answer = answer
+            .map_err(|_| TokenError::ReviewFailed(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| TokenError::ReviewFailed(e.to_string()))?;
         let Some(status) = answer.status else {
             return Err(TokenError::ReviewFailed(
                 "the review came back without a status".into(),

@@ -141,18 +141,21 @@ pub struct Attributes {
 }
 
 /// The path prefixes (matched by whole segments) that name a subresource other
-/// than `proxy`. The kubelet's fine-grained prefixes (`KubeletFineGrainedAuthz`,
-/// GA in 1.36) fall back to `proxy`, so existing RBAC keeps working.
+/// than `proxy`, as the kubelet (1.37) maps them. The fine-grained prefixes of
+/// `KubeletFineGrainedAuthz` (GA in 1.36) fall back to `proxy`, so existing
+/// RBAC keeps working; the z-pages `/statusz` and `/flagz` were added with
+/// their own subresource and no fallback.
 const SUBRESOURCE_TABLE: &[(&str, &[Subresource])] = &[
     ("/stats", &[Subresource::Stats]),
     ("/metrics", &[Subresource::Metrics]),
     ("/logs", &[Subresource::Log]),
     ("/checkpoint", &[Subresource::Checkpoint]),
+    ("/statusz", &[Subresource::Statusz]),
+    ("/flagz", &[Subresource::Configz]),
     ("/pods", &[Subresource::Pods, Subresource::Proxy]),
     ("/runningpods", &[Subresource::Pods, Subresource::Proxy]),
     ("/healthz", &[Subresource::Healthz, Subresource::Proxy]),
     ("/configz", &[Subresource::Configz, Subresource::Proxy]),
-    ("/statusz", &[Subresource::Statusz, Subresource::Proxy]),
 ];
 
 const PROXY: &[Subresource] = &[Subresource::Proxy];
@@ -207,16 +210,16 @@ mod tests {
     use super::*;
     use Subresource::*;
 
-    /// Every kubelet route (from its `auth_test.go`) with the subresources the
-    /// kubelet checks when `KubeletFineGrainedAuthz` is on, plus whether the
-    /// route is a streaming endpoint.
+    /// Every kubelet route (from its `auth_test.go`, 1.37) with the
+    /// subresources the kubelet checks with `KubeletFineGrainedAuthz` on (GA),
+    /// plus whether the route is a streaming endpoint.
     const KUBELET_ROUTES: &[(&str, &[Subresource], bool)] = &[
         ("/attach/ns/pod/container", &[Proxy], true),
         ("/attach/ns/pod/uid/container", &[Proxy], true),
         ("/checkpoint/ns/pod/container", &[Checkpoint], false),
         ("/configz", &[Configz, Proxy], false),
-        ("/statusz", &[Statusz, Proxy], false),
-        ("/flagz", &[Proxy], false),
+        ("/statusz", &[Statusz], false),
+        ("/flagz", &[Configz], false),
         ("/containerLogs/ns/pod/container", &[Proxy], false),
         ("/debug/flags/v", &[Proxy], false),
         ("/debug/pprof/profile", &[Proxy], false),

@@ -128,6 +128,7 @@ pub const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("GET", "/healthz", "health"),
     ("GET", "/configz", "kubelet configuration"),
     ("GET", "/statusz", "kubelet status page"),
+    ("GET", "/flagz", "kubelet flags"),
     ("GET", "/logs/{path}", "node logs"),
     ("GET", "/debug/pprof/{profile}", "profiling"),
 ];

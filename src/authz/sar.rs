@@ -3,7 +3,8 @@
 //! caller's user, groups, uid and extra, for `nodes/<subresource>` named
 //! after this node.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -14,6 +15,7 @@ use thiserror::Error;
 
 use super::attributes::{Subresource, Verb};
 use crate::authn::Identity;
+use crate::metrics::{Metrics, ReviewLabels};
 
 /// Why a review gave no answer. The request is then refused: an unanswered
 /// question is never an allow.
@@ -59,14 +61,21 @@ pub struct Reviewer {
     api: Api<SubjectAccessReview>,
     node: String,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Reviewer {
-    pub fn new(client: kube::Client, node: String, timeout: Duration) -> Self {
+    pub fn new(
+        client: kube::Client,
+        node: String,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Reviewer {
             api: Api::all(client),
             node,
             timeout,
+            metrics,
         }
     }
 
@@ -78,13 +87,21 @@ impl Reviewer {
         subresource: Subresource,
     ) -> Result<bool, ReviewError> {
         let review = review_for(identity, &self.node, verb, subresource);
+        let started = Instant::now();
         let answer = tokio::time::timeout(
             self.timeout,
             self.api.create(&PostParams::default(), &review),
         )
-        .await
-        .map_err(|_| ReviewError::Timeout(self.timeout))?
-        .map_err(|e| ReviewError::Failed(e.to_string()))?;
+        .await;
+        self.metrics
+            .review_duration
+            .get_or_create(&ReviewLabels {
+                kind: "subjectaccessreview",
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let answer = answer
+            .map_err(|_| ReviewError::Timeout(self.timeout))?
+            .map_err(|e| ReviewError::Failed(e.to_string()))?;
         let status = answer
             .status
             .ok_or_else(|| ReviewError::Failed("the review came back without a status".into()))?;

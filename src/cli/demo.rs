@@ -4,20 +4,24 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use kubelet_guard::app::Gateway;
 use kubelet_guard::certs::{self, DevCertsRequest};
-use kubelet_guard::config::Settings;
+use kubelet_guard::config::{LogFormat, Settings};
 use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions, mutual_tls};
 
 pub const NODE_NAME: &str = "demo-node";
 
 /// Makes everything under `dir`, serves on `listen` until Ctrl-C.
-pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    super::init_logging(LogFormat::Text);
+    super::runtime()?.block_on(serve(dir, listen))
+}
+
+async fn serve(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     certs::write_dev_certs(
         dir,
         &DevCertsRequest {
@@ -50,7 +54,12 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let config = Settings::from_file(&config_path)?.validate()?;
     let gateway = Gateway::bind(config).await?;
 
-    print_walkthrough(&dir, gateway.local_addr(), &config_path);
+    print_walkthrough(
+        &dir,
+        gateway.local_addr(),
+        gateway.admin_addr(),
+        &config_path,
+    );
 
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
@@ -58,7 +67,7 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         on_signal.cancel();
     });
-    gateway.run(shutdown, Duration::from_secs(2)).await;
+    gateway.run(shutdown).await;
     drop(kubelet);
     Ok(())
 }
@@ -77,6 +86,9 @@ upstreamCaFile: {d}/ca.crt
 upstreamClientCertFile: {d}/gateway-client.crt
 upstreamClientKeyFile: {d}/gateway-client.key
 streamingAuthz: strict
+adminListenAddress: {admin}
+shutdownGracePeriod: 2s
+logFormat: text
 # The demo has no apiserver: static rules decide, bearer tokens are ignored.
 authorizationMode: Static
 authenticationTokenWebhook: false
@@ -93,11 +105,12 @@ authorization:
       subresources: [metrics, stats, proxy]
 ",
         apiserver = certs::APISERVER_USER,
+        admin = SocketAddr::new(listen.ip(), listen.port() + 1),
         monitoring = certs::MONITORING_GROUP,
     )
 }
 
-fn print_walkthrough(dir: &Path, addr: SocketAddr, config: &Path) {
+fn print_walkthrough(dir: &Path, addr: SocketAddr, admin: SocketAddr, config: &Path) {
     let d = dir.display();
     let url = format!("https://{addr}");
     let apiserver = format!(
@@ -130,7 +143,10 @@ curl -si --cacert {d}/ca.crt {url}/pods
 # 6. A certificate from another CA with the apiserver's name (401):
 curl -si --cacert {d}/ca.crt --cert {d}/untrusted-client.crt --key {d}/untrusted-client.key {url}/pods
 
-Ctrl-C stops the demo.
+# 7. Readiness and metrics on the admin port (plain HTTP, loopback):
+curl -s http://{admin}/readyz; curl -s http://{admin}/metrics | grep kubelet_guard_requests
+
+Access log lines (one per request) appear below. Ctrl-C stops the demo.
 ",
         config.display()
     );

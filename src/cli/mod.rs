@@ -5,7 +5,6 @@ pub mod explain;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use kubelet_guard::app::Gateway;
 use kubelet_guard::certs::{self, DevCertsRequest};
-use kubelet_guard::config::Settings;
+use kubelet_guard::config::{LogFormat, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,13 +71,42 @@ pub enum CertsCommand {
     },
 }
 
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+pub fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Configuration errors go to stderr before any logging is set up.
     let config = settings.resolve()?.validate()?;
-    let gateway = Gateway::bind(config).await.context("cannot start")?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    gateway.run(shutdown, Duration::from_secs(30)).await;
-    Ok(())
+    init_logging(config.log_format);
+    runtime()?.block_on(async {
+        let gateway = Gateway::bind(config).await.context("cannot start")?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        gateway.run(shutdown).await;
+        Ok(())
+    })
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Logs, the access log included, go to stdout: one JSON object per line, or
+/// text for people.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 pub fn certs_dev(

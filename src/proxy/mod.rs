@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use hyper::body::Incoming;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,8 +30,13 @@ pub enum ProxyError {
     Request(#[from] http::Error),
 }
 
-/// Called when an upgraded stream ends, with what it relayed.
-pub type StreamObserver = Box<dyn FnOnce(Result<Relayed, String>) + Send>;
+/// Told when an upgraded stream opens and when it closes.
+pub trait StreamObserver: Send + 'static {
+    /// The kubelet switched protocols; splicing starts.
+    fn opened(&self);
+    /// The stream is closed, with what it relayed.
+    fn closed(self: Box<Self>, outcome: Result<Relayed, String>);
+}
 
 pub struct Forwarder {
     upstream: Upstream,
@@ -53,6 +57,10 @@ impl Forwarder {
         }
     }
 
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     /// The upgraded streams still open.
     pub fn streams(&self) -> &TaskTracker {
         &self.streams
@@ -64,14 +72,14 @@ impl Forwarder {
     }
 
     /// Sends `request` to the kubelet at exactly `target` (the path and query
-    /// that were authorized). `on_stream_end` is told when an upgraded stream
-    /// closes; it is dropped unused for plain requests.
+    /// that were authorized). If the kubelet switches protocols, `observer`
+    /// is called for something to tell about the stream.
     pub async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<Body>,
         target: PathAndQuery,
         peer: IpAddr,
-        on_stream_end: StreamObserver,
+        observer: impl FnOnce() -> Box<dyn StreamObserver>,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = match request.version() {
             Version::HTTP_11 => headers::requested_upgrade(request.headers()),
@@ -97,7 +105,7 @@ impl Forwarder {
             .method(parts.method)
             .uri(self.upstream.uri_for(target)?)
             .version(Version::HTTP_11)
-            .body(body::boxed(body))?;
+            .body(body)?;
         *outbound.headers_mut() = headers;
 
         let mut response = self
@@ -113,7 +121,7 @@ impl Forwarder {
             (true, None) => Err(ProxyError::UnexpectedUpgrade),
             (true, Some(caller)) => {
                 let kubelet = hyper::upgrade::on(&mut response);
-                self.spawn_splice(caller, kubelet, on_stream_end);
+                self.spawn_splice(caller, kubelet, observer());
                 Ok(response.map(|_| body::empty()))
             }
         }
@@ -123,10 +131,11 @@ impl Forwarder {
         &self,
         caller: hyper::upgrade::OnUpgrade,
         kubelet: hyper::upgrade::OnUpgrade,
-        on_stream_end: StreamObserver,
+        observer: Box<dyn StreamObserver>,
     ) {
         let linger = self.half_close_linger;
         let cancel = self.streams_cancel.clone();
+        observer.opened();
         self.streams.spawn(async move {
             let outcome = tokio::select! {
                 relayed = upgrade::splice_upgraded(caller, kubelet, linger) => {
@@ -134,14 +143,14 @@ impl Forwarder {
                 }
                 () = cancel.cancelled() => Err("closed by shutdown".to_owned()),
             };
-            on_stream_end(outcome);
+            observer.closed(outcome);
         });
     }
 }
 
 /// `error: cause: cause`, because hyper's top-level messages ("client error
 /// (Connect)") say little on their own.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -14,7 +14,9 @@ use tokio::sync::watch;
 
 use crate::body::Body;
 
-/// Where the kubelet is and how the gateway proves itself to it.
+/// Where the kubelet is and how the gateway proves itself to it. Cheap to
+/// clone: clones share the connection pool.
+#[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
@@ -43,10 +45,13 @@ impl Default for UpstreamOptions {
 }
 
 impl Upstream {
+    /// `server_name` overrides the name the kubelet's certificate is
+    /// verified for (the upstream host by default).
     pub fn new(
         scheme: Scheme,
         authority: Authority,
         tls: ClientConfig,
+        server_name: Option<rustls_pki_types::ServerName<'static>>,
         token: watch::Receiver<Option<HeaderValue>>,
         options: &UpstreamOptions,
     ) -> Self {
@@ -56,9 +61,16 @@ impl Upstream {
         http.set_connect_timeout(Some(options.connect_timeout));
         // The scheme of each request picks TLS or not; plain HTTP is only
         // allowed to a loopback kubelet, which the config checks.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http()
+            .https_or_http();
+        let builder = match server_name {
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let connector = builder
             // HTTP/1.1 only (ALPN `http/1.1`): upgrades need it, and a pool of
             // HTTP/1.1 connections keeps one slow log stream from holding up
             // others behind a single HTTP/2 connection's stream limit.
@@ -90,6 +102,26 @@ impl Upstream {
     /// The gateway's bearer token for the kubelet, if it uses one.
     pub fn authorization(&self) -> Option<HeaderValue> {
         self.token.borrow().clone()
+    }
+
+    /// A GET of `path` with the gateway's own credentials (readiness).
+    pub async fn probe(&self, path: &'static str) -> Result<http::StatusCode, String> {
+        let mut request = Request::get(
+            self.uri_for(PathAndQuery::from_static(path))
+                .map_err(|e| e.to_string())?,
+        )
+        .body(crate::body::empty())
+        .map_err(|e| e.to_string())?;
+        if let Some(token) = self.authorization() {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, token);
+        }
+        let response = self
+            .send(request)
+            .await
+            .map_err(|e| super::error_chain(&e))?;
+        Ok(response.status())
     }
 
     pub async fn send(

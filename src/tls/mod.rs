@@ -9,6 +9,7 @@ mod client_auth;
 mod client_ca;
 mod options;
 mod pem;
+pub mod reload;
 mod server;
 mod upstream;
 
@@ -19,7 +20,7 @@ use thiserror::Error;
 pub use client_auth::RequestClientCert;
 pub use client_ca::ClientCa;
 pub use options::{TlsOptions, TlsVersion, crypto_provider};
-pub use pem::{load_certificates, load_private_key};
+pub use pem::{load_certificates, load_certified_key, load_private_key};
 pub use server::{ServingFiles, TlsState};
 pub use upstream::{UpstreamTls, upstream_client_config};
 

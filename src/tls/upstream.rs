@@ -4,13 +4,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::sync::watch;
 
 use super::TlsError;
-use super::pem::{load_certificates, load_private_key};
+use super::pem::load_certificates;
 
 /// How to reach the kubelet over TLS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,10 +25,16 @@ pub struct UpstreamTls {
     /// Accept any kubelet certificate. Only for kubelets with a self-signed
     /// certificate and no CA to check it with.
     pub insecure_skip_verify: bool,
+    /// Verify the kubelet's certificate for this name instead of the
+    /// upstream host.
+    pub server_name: Option<ServerName<'static>>,
 }
 
+/// `client_cert` is the gateway's current client certificate for the
+/// kubelet; each new kubelet connection presents the latest one.
 pub fn upstream_client_config(
     tls: &UpstreamTls,
+    client_cert: Option<watch::Receiver<Arc<CertifiedKey>>>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -46,17 +55,28 @@ pub fn upstream_client_config(
         }
         builder.with_root_certificates(roots)
     };
-    let config = match &tls.client_cert {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_certificates(cert)?, load_private_key(key)?)
-            .map_err(|e| TlsError::KeyMismatch {
-                cert: cert.clone(),
-                key: key.clone(),
-                reason: e.to_string(),
-            })?,
+    Ok(match client_cert {
+        Some(current) => builder.with_client_cert_resolver(Arc::new(CurrentClientCert(current))),
         None => builder.with_no_client_auth(),
-    };
-    Ok(config)
+    })
+}
+
+/// Presents whatever client certificate was loaded last.
+#[derive(Debug)]
+struct CurrentClientCert(watch::Receiver<Arc<CertifiedKey>>);
+
+impl ResolvesClientCert for CurrentClientCert {
+    fn resolve(
+        &self,
+        _root_hints: &[&[u8]],
+        _schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.borrow().clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// `--upstream-insecure-skip-tls-verify`: any certificate is accepted, but the

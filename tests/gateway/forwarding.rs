@@ -92,6 +92,7 @@ async fn a_post_body_streams_to_the_kubelet_and_the_answer_streams_back() {
     tokio::spawn(conn);
 
     let (tx, rx) = mpsc::channel(1);
+    sender.ready().await.unwrap();
     let response = sender
         .send_request(
             Request::post("/run/default/demo/app?cmd=cat")
@@ -241,4 +242,47 @@ async fn hop_by_hop_headers_stop_at_the_gateway() {
         assert!(!saw.headers.contains_key(name), "{name} forwarded");
     }
     assert_eq!(saw.headers["x-stays"], "yes");
+}
+
+#[tokio::test]
+async fn the_kubelet_certificate_is_verified_for_the_configured_server_name() {
+    // Real kubelet certificates name the node, not 127.0.0.1.
+    let certs = Certs::new();
+    let mut spec =
+        kubelet_guard::certs::LeafSpec::new("node-a", &[], kubelet_guard::certs::Usage::Server);
+    spec.dns_names = vec!["node-a".into()];
+    certs.issue("node-a-kubelet", &spec);
+    let kubelet = kubelet_guard::demo_kubelet::DemoKubelet::start(
+        "127.0.0.1:0".parse().unwrap(),
+        kubelet_guard::demo_kubelet::DemoKubeletOptions {
+            tls: Some(
+                kubelet_guard::demo_kubelet::mutual_tls(
+                    &certs.path("node-a-kubelet.crt"),
+                    &certs.path("node-a-kubelet.key"),
+                    &certs.path("ca.crt"),
+                )
+                .unwrap(),
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    for (server_name, expected) in [(None, 502), (Some("node-a"), 200), (Some("node-b"), 502)] {
+        let mut settings = gateway_settings(&certs, kubelet.addr());
+        settings.upstream_tls_server_name = server_name.map(String::from);
+        let (addr, shutdown, _task) = start_gateway(settings).await;
+        let mut client = Http1::connect(&certs, addr, &apiserver()).await;
+        let response = client
+            .send(Request::get("/pods").body(empty()).unwrap())
+            .await;
+        let status = response.status().as_u16();
+        let body = body_text(response).await;
+        assert_eq!(status, expected, "{server_name:?}: {body}");
+        if expected == 502 {
+            assert!(body.contains("certificate"), "{body}");
+        }
+        shutdown.cancel();
+    }
 }

@@ -3,7 +3,9 @@
 
 mod authentication;
 mod authorization;
+mod binary;
 mod forwarding;
+mod operations;
 mod paths;
 mod reviews;
 mod support;

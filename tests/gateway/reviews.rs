@@ -64,7 +64,7 @@ async fn every_row_of_the_mapping_table_sends_the_kubelets_review() {
         (Method::GET, "/runningpods/", "get", &["pods", "proxy"]),
         (Method::GET, "/healthz", "get", &["healthz", "proxy"]),
         (Method::GET, "/configz", "get", &["configz", "proxy"]),
-        (Method::GET, "/statusz", "get", &["statusz", "proxy"]),
+        (Method::GET, "/statusz", "get", &["statusz"]),
         (
             Method::GET,
             "/containerLogs/default/demo/app",
@@ -86,7 +86,7 @@ async fn every_row_of_the_mapping_table_sends_the_kubelets_review() {
         ),
         (Method::DELETE, "/debug/pprof/profile", "delete", &["proxy"]),
         (Method::PUT, "/debug/flags/v", "update", &["proxy"]),
-        (Method::PATCH, "/flagz", "patch", &["proxy"]),
+        (Method::PATCH, "/flagz", "patch", &["configz"]),
     ];
     for (method, path, verb, subresources) in rows {
         let before = env.api().subject_access_reviews().len();

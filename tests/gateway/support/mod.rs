@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use kubelet_guard::app::Gateway;
 use kubelet_guard::authz::static_rules::StaticRuleSpec;
 use kubelet_guard::certs::{self, Authority, DevCertsRequest, Issued, LeafSpec};
-use kubelet_guard::config::{AuthorizationMode, AuthorizationSettings, Settings};
+use kubelet_guard::config::{AuthorizationMode, AuthorizationSettings, GoDuration, Settings};
 use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions, Recorded, mutual_tls};
 
 pub const NODE: &str = "test-node";
@@ -192,6 +192,8 @@ pub struct Env {
     pub certs: Certs,
     pub kubelet: DemoKubelet,
     pub gateway: SocketAddr,
+    /// The admin listener (health, readiness, metrics), plain HTTP.
+    pub admin: SocketAddr,
     pub apiserver: Option<apiserver::FakeApiserver>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -259,11 +261,12 @@ impl Env {
             None
         };
         adjust(&certs, &mut settings);
-        let (gateway, shutdown, task) = start_gateway(settings).await;
+        let (gateway, admin, shutdown, task) = start_gateway_with_admin(settings).await;
         Env {
             certs,
             kubelet,
             gateway,
+            admin,
             apiserver,
             shutdown,
             task,
@@ -307,9 +310,37 @@ impl Env {
         (status, body_text(response).await)
     }
 
-    pub async fn stop(self) {
+    /// What SIGTERM does: stop accepting and start draining.
+    pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Waits for the gateway to finish; `None` if it takes longer than `limit`.
+    pub async fn finished_within(self, limit: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        tokio::time::timeout(limit, self.task)
+            .await
+            .ok()
+            .map(|_| started.elapsed())
+    }
+
+    /// GET on the admin listener: status and body.
+    pub async fn admin_get(&self, path: &str, accept: Option<&str>) -> (u16, String) {
+        let tcp = TcpStream::connect(self.admin).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut request = Request::get(path).header("host", "admin");
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = sender
+            .send_request(request.body(empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, body_text(response).await)
     }
 }
 
@@ -318,6 +349,8 @@ pub fn gateway_settings(certs: &Certs, kubelet: SocketAddr) -> Settings {
     Settings {
         node_name: Some(NODE.into()),
         secure_listen_address: Some("127.0.0.1:0".parse().unwrap()),
+        admin_listen_address: Some("127.0.0.1:0".parse().unwrap()),
+        shutdown_grace_period: Some(GoDuration(Duration::from_secs(2))),
         tls_cert_file: Some(certs.path("serving.crt")),
         tls_private_key_file: Some(certs.path("serving.key")),
         client_ca_file: Some(certs.path("ca.crt")),
@@ -338,19 +371,44 @@ pub fn gateway_settings(certs: &Certs, kubelet: SocketAddr) -> Settings {
 pub async fn start_gateway(
     settings: Settings,
 ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    let (addr, _, shutdown, task) = start_gateway_with_admin(settings).await;
+    (addr, shutdown, task)
+}
+
+/// Starts a gateway; returns its address, its admin address, the token that
+/// shuts it down and its task.
+pub async fn start_gateway_with_admin(
+    settings: Settings,
+) -> (
+    SocketAddr,
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = settings.validate().expect("valid test settings");
     let gateway = Gateway::bind(config).await.expect("gateway starts");
     let addr = gateway.local_addr();
+    let admin = gateway.admin_addr();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(gateway.run(shutdown.clone(), Duration::from_secs(2)));
-    (addr, shutdown, task)
+    let task = tokio::spawn(gateway.run(shutdown.clone()));
+    (addr, admin, shutdown, task)
 }
 
 /// A TLS client config trusting the dev CA, presenting `who`'s certificate.
 pub fn client_tls(certs: &Certs, who: &Identity, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    client_tls_trusting(certs, &certs.path("ca.crt"), who, alpn)
+}
+
+/// Like [`client_tls`], trusting the CAs in `roots` instead of the dev CA.
+pub fn client_tls_trusting(
+    certs: &Certs,
+    roots_file: &Path,
+    who: &Identity,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(certs.path("ca.crt")).unwrap() {
+    for cert in CertificateDer::pem_file_iter(roots_file).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
@@ -398,6 +456,8 @@ impl Http1 {
     }
 
     pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Response<Incoming> {
+        // A request sent before the connection is ready is refused by hyper.
+        self.sender.ready().await.expect("connection ready");
         self.sender.send_request(request).await.expect("response")
     }
 }

@@ -1,6 +1,8 @@
-//! The front door: accept TCP, complete the TLS handshake, serve HTTP/1.1 or
-//! HTTP/2 on the connection, hand every request to the [`Pipeline`], and on
-//! shutdown stop accepting and drain.
+//! The front door: accept TCP, complete the TLS handshake, serve HTTP/2 or
+//! HTTP/1.1 (as ALPN chose) on the connection, hand every request to the
+//! [`Pipeline`], and on shutdown stop accepting and drain.
+
+mod head_timeout;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,51 +12,33 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::authn::ClientCertificate;
+use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::pipeline::{Connection, Pipeline};
 use crate::tls::TlsState;
-
-/// Per-connection limits.
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    /// A TLS handshake that takes longer is dropped (the apiserver's own
-    /// dialer gives up after 10s).
-    pub handshake_timeout: Duration,
-    /// HTTP/1.1: how long a connection may wait for (and take to send) the
-    /// next request head. At least the kubelet's 90s idle timeout, so the
-    /// apiserver's pooled connections are never closed under it.
-    pub header_read_timeout: Duration,
-    /// Largest request head accepted (the kubelet allows 1 MiB).
-    pub max_header_bytes: usize,
-    /// HTTP/2 streams per connection (Go's default, which the kubelet uses).
-    pub max_concurrent_streams: u32,
-    /// Connections served at once; beyond this, accepting pauses.
-    pub max_connections: usize,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        ServerOptions {
-            handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(90),
-            max_header_bytes: 1 << 20,
-            max_concurrent_streams: 250,
-            max_connections: 20_000,
-        }
-    }
-}
+pub use head_timeout::{HeadClock, HeadTimeout};
 
 pub struct Server {
     listener: TcpListener,
     tls: watch::Receiver<Arc<TlsState>>,
     pipeline: Arc<Pipeline>,
-    options: ServerOptions,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+/// The HTTP settings for each protocol, built once.
+#[derive(Clone)]
+struct Protocols {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+    request_header_timeout: Duration,
 }
 
 impl Server {
@@ -62,13 +46,15 @@ impl Server {
         listener: TcpListener,
         tls: watch::Receiver<Arc<TlsState>>,
         pipeline: Arc<Pipeline>,
-        options: ServerOptions,
+        limits: Limits,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Server {
             listener,
             tls,
             pipeline,
-            options,
+            limits,
+            metrics,
         }
     }
 
@@ -79,9 +65,9 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
     /// in-flight requests and upgraded streams run for `grace`, and returns.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let http = self.http_builder();
+        let protocols = self.protocols();
         let graceful = GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(self.options.max_connections));
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
 
         loop {
             let accepted = tokio::select! {
@@ -108,13 +94,16 @@ impl Server {
                 stream,
                 peer,
                 acceptor,
-                self.options.handshake_timeout,
-                http.clone(),
+                self.limits.tls_handshake_timeout,
+                protocols.clone(),
                 self.pipeline.clone(),
                 graceful.watcher(),
             );
+            let metrics = self.metrics.clone();
+            metrics.connections.inc();
             tokio::spawn(async move {
                 connection.await;
+                metrics.connections.dec();
                 drop(permit);
             });
         }
@@ -125,19 +114,35 @@ impl Server {
         drain(&pipeline, graceful, grace).await;
     }
 
-    fn http_builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
+    fn protocols(&self) -> Protocols {
+        let limits = &self.limits;
+        let mut http1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+        http1
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.options.header_read_timeout)
-            .max_buf_size(self.options.max_header_bytes.max(8192));
-        builder
+            // Runs from the moment the connection is ready for a request, so
+            // this is the idle timeout; HeadTimeout guards slow heads.
+            .header_read_timeout(limits.idle_timeout)
+            .max_buf_size(limits.max_request_header_bytes);
+        let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        http2
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(self.options.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(self.options.max_header_bytes).unwrap_or(u32::MAX));
-        builder
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(
+                u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
+            )
+            // CVE-2023-44487: streams reset before they are accepted count
+            // against this; past it the connection is closed.
+            .max_pending_accept_reset_streams(limits.http2_max_reset_streams)
+            .max_local_error_reset_streams(1024)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Protocols {
+            http1,
+            http2,
+            request_header_timeout: limits.request_header_timeout,
+        }
     }
 }
 
@@ -168,6 +173,7 @@ async fn drain(pipeline: &Pipeline, graceful: GracefulShutdown, grace: Duration)
         pipeline.forwarder.cancel_streams();
         streams.wait().await;
     }
+    tracing::info!("shutdown complete");
 }
 
 async fn serve_connection(
@@ -175,9 +181,9 @@ async fn serve_connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
-    http: auto::Builder<TokioExecutor>,
+    protocols: Protocols,
     pipeline: Arc<Pipeline>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -191,15 +197,18 @@ async fn serve_connection(
             return;
         }
     };
-    let chain = tls
-        .get_ref()
-        .1
+    let session = &tls.get_ref().1;
+    let chain = session
         .peer_certificates()
         .map(<[_]>::to_vec)
         .unwrap_or_default();
+    // HTTP/2 over TLS needs ALPN (RFC 9113 §3.2); everything else is HTTP/1.1.
+    let http2 = session.alpn_protocol() == Some(b"h2");
+    let head_clock = (!http2).then(|| Arc::new(HeadClock::default()));
     let connection = Arc::new(Connection {
         peer,
         client_certificate: ClientCertificate::new(chain),
+        head_clock: head_clock.clone(),
     });
 
     let service = service_fn(move |request| {
@@ -207,10 +216,24 @@ async fn serve_connection(
         let connection = connection.clone();
         async move { Ok::<_, Infallible>(pipeline.handle(&connection, request).await) }
     });
-    let conn = http
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .into_owned();
-    if let Err(error) = watcher.watch(conn).await {
+    let result = match head_clock {
+        None => {
+            let conn = protocols
+                .http2
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .into_owned();
+            watcher.watch(conn).await
+        }
+        Some(clock) => {
+            let io = HeadTimeout::new(tls, clock, protocols.request_header_timeout);
+            let conn = protocols
+                .http1
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            watcher.watch(conn).await
+        }
+    };
+    if let Err(error) = result {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }

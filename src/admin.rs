@@ -1,0 +1,186 @@
+//! The admin listener (plain HTTP, loopback by default): liveness,
+//! readiness and metrics for the kubelet's probes and for Prometheus.
+//!
+//! - `/healthz`, `/livez`: the process is serving.
+//! - `/readyz`: the serving certificate is loaded and valid, the kubelet
+//!   answers its `/healthz` to the gateway's credentials, and the gateway is
+//!   not shutting down. 503 with the reasons otherwise.
+//! - `/metrics`: OpenMetrics text when the scraper asks for it (Prometheus
+//!   does), the classic Prometheus text format otherwise.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::proxy::Upstream;
+use crate::tls::TlsState;
+
+/// How long a readiness answer is reused, so probes cannot hammer the kubelet.
+const READINESS_CACHE: Duration = Duration::from_secs(1);
+const KUBELET_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Admin {
+    metrics: Arc<Metrics>,
+    tls: watch::Receiver<Arc<TlsState>>,
+    kubelet: Upstream,
+    shutting_down: CancellationToken,
+    last_readiness: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Admin {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        tls: watch::Receiver<Arc<TlsState>>,
+        kubelet: Upstream,
+        shutting_down: CancellationToken,
+    ) -> Self {
+        Admin {
+            metrics,
+            tls,
+            kubelet,
+            shutting_down,
+            last_readiness: Mutex::new(None),
+        }
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let admin = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.answer(request).await) }
+                });
+                let http = auto::Builder::new(TokioExecutor::new());
+                tokio::select! {
+                    _ = http.serve_connection(TokioIo::new(stream), service) => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET only\n".into(),
+            );
+        }
+        match request.uri().path() {
+            "/healthz" | "/livez" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/readyz" => match self.readiness().await {
+                Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+                Err(reasons) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {reasons}\n"),
+                ),
+            },
+            "/metrics" => {
+                let openmetrics = request
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/openmetrics-text"));
+                if openmetrics {
+                    reply(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        self.metrics.encode(),
+                    )
+                } else {
+                    reply(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        self.metrics.encode_prometheus(),
+                    )
+                }
+            }
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        }
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        if self.shutting_down.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        if let Some((at, answer)) = self
+            .last_readiness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && at.elapsed() < READINESS_CACHE
+        {
+            return answer.clone();
+        }
+        let answer = self.check().await;
+        *self
+            .last_readiness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let expires_at = self.tls.borrow().serving_expires_at;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if expires_at <= now {
+            problems.push(format!(
+                "the serving certificate expired at {expires_at} (seconds since the epoch)"
+            ));
+        }
+        match tokio::time::timeout(KUBELET_PROBE_TIMEOUT, self.kubelet.probe("/healthz")).await {
+            Ok(Ok(status)) if status.is_success() => {}
+            Ok(Ok(status)) => problems.push(format!("the kubelet answered /healthz with {status}")),
+            Ok(Err(error)) => problems.push(format!("the kubelet is unreachable: {error}")),
+            Err(_) => problems.push(format!(
+                "the kubelet did not answer within {KUBELET_PROBE_TIMEOUT:?}"
+            )),
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}

@@ -1,0 +1,287 @@
+//! Everything the gateway counts, registered once and read by the admin
+//! listener's `/metrics`. Labels are small, fixed sets (no paths, no users),
+//! so the series count stays bounded whatever callers send.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The subresource that allowed the request, or the first one checked
+    /// when it was refused; "none" before attributes exist (401, 400, 405).
+    pub subresource: &'static str,
+    pub verb: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthnLabels {
+    /// x509, token, anonymous or none.
+    pub method: &'static str,
+    /// success or failure.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// static, cache or review.
+    pub source: &'static str,
+    /// allowed, denied or error (the apiserver could not answer).
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// subjectaccessreview or tokenreview.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// to_kubelet or to_caller.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// serving, client_ca or upstream_client.
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// serving (certificate, key and client CA), upstream_client or upstream_token.
+    pub material: &'static str,
+    /// success or failure.
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub authentications: Family<AuthnLabels, Counter>,
+    pub authorizations: Family<AuthzLabels, Counter>,
+    pub token_cache_hits: Counter,
+    pub review_duration: Family<ReviewLabels, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Histogram,
+    pub connections: Gauge,
+    pub upgraded_streams: Gauge,
+    pub relayed_bytes: Family<DirectionLabels, Counter>,
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+/// 0.5ms … ~4s: reviews and kubelet answers on loopback are fast; slow
+/// ones are what the histogram is for.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("kubelet_guard"),
+            requests: Family::default(),
+            authentications: Family::default(),
+            authorizations: Family::default(),
+            token_cache_hits: Counter::default(),
+            review_duration: Family::new_with_constructor(latency_histogram),
+            upstream_duration: latency_histogram(),
+            connections: Gauge::default(),
+            upgraded_streams: Gauge::default(),
+            relayed_bytes: Family::default(),
+            certificate_expiry: Family::default(),
+            reloads: Family::default(),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "requests",
+            "Requests by subresource, verb and status code",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "authentications",
+            "Authentication attempts by method and result",
+            metrics.authentications.clone(),
+        );
+        r.register(
+            "authorization_decisions",
+            "Authorization decisions by source (static, cache, review) and decision",
+            metrics.authorizations.clone(),
+        );
+        r.register(
+            "token_cache_hits",
+            "Bearer tokens answered from the TokenReview cache",
+            metrics.token_cache_hits.clone(),
+        );
+        r.register_with_unit(
+            "review_duration",
+            "Time for SubjectAccessReview and TokenReview calls to the apiserver",
+            Unit::Seconds,
+            metrics.review_duration.clone(),
+        );
+        r.register_with_unit(
+            "upstream_duration",
+            "Time from forwarding a request to the kubelet's response headers",
+            Unit::Seconds,
+            metrics.upstream_duration.clone(),
+        );
+        r.register(
+            "connections",
+            "Open client connections",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "upgraded_streams",
+            "Open exec, attach and port-forward streams",
+            metrics.upgraded_streams.clone(),
+        );
+        r.register_with_unit(
+            "relayed",
+            "Body and stream bytes relayed, by direction",
+            Unit::Bytes,
+            metrics.relayed_bytes.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each certificate in use expires (seconds since the epoch)",
+            metrics.certificate_expiry.clone(),
+        );
+        r.register(
+            "certificate_reloads",
+            "Reloads of certificates and credentials from disk, by result",
+            metrics.reloads.clone(),
+        );
+        metrics
+    }
+
+    /// The exposition in the classic Prometheus text format (0.0.4), for
+    /// scrapers and tools (promtool) that do not ask for OpenMetrics.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    pub fn set_expiry(&self, certificate: &'static str, expires_at: i64) {
+        self.certificate_expiry
+            .get_or_create(&CertificateLabels { certificate })
+            .set(expires_at);
+    }
+
+    pub fn reloaded(&self, material: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&ReloadLabels { material, result })
+            .inc();
+    }
+
+    pub fn relayed(&self, direction: &'static str, bytes: u64) {
+        if bytes > 0 {
+            self.relayed_bytes
+                .get_or_create(&DirectionLabels { direction })
+                .inc_by(bytes);
+        }
+    }
+}
+
+/// OpenMetrics names a counter family `x` and its sample `x_total`; the
+/// Prometheus text format names both `x_total`, and has no `# UNIT` or
+/// `# EOF` lines. Everything else is the same.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_family() {
+        let metrics = Metrics::new();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                subresource: "proxy",
+                verb: "get",
+                code: 200,
+            })
+            .inc();
+        metrics.set_expiry("serving", 1_900_000_000);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"kubelet_guard_requests_total{subresource="proxy",verb="get",code="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kubelet_guard_certificate_expiry_timestamp_seconds{certificate="serving"} 1900000000"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_total_and_drops_openmetrics_lines() {
+        let metrics = Metrics::new();
+        metrics.token_cache_hits.inc();
+        let text = metrics.encode_prometheus();
+        assert!(
+            text.contains("# HELP kubelet_guard_token_cache_hits_total Bearer tokens"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE kubelet_guard_token_cache_hits_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubelet_guard_token_cache_hits_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE kubelet_guard_upstream_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# UNIT") && !text.contains("# EOF"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The `kubelet-guard` binary as an operator runs it: configuration errors
+//! name the setting, the access log is JSON on stdout without query strings,
+//! and SIGTERM ends it cleanly.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kubelet_guard::config::Settings;
+use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions, mutual_tls};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_kubelet-guard");
+
+fn serve(args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(BINARY)
+        .arg("serve")
+        .args(args)
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_documented_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kubelet-guard.yaml");
+    let settings = Settings::from_file(&path).expect("config/kubelet-guard.yaml parses");
+    let config = Settings {
+        node_name: Some("node-1".into()),
+        ..settings
+    }
+    .validate()
+    .expect("config/kubelet-guard.yaml validates");
+    assert_eq!(config.listen, "0.0.0.0:10250".parse().unwrap());
+    assert!(!config.static_rules.is_empty());
+    assert_eq!(config.limits.idle_timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn configuration_errors_name_the_setting_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let base = [
+        "--tls-cert-file",
+        "/x/tls.crt",
+        "--tls-private-key-file",
+        "/x/tls.key",
+        "--upstream-ca-file",
+        "/x/ca",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        serve(&args)
+    };
+
+    let cases: Vec<((i32, String), &str)> = vec![
+        (
+            with(&[]),
+            "--node-name (nodeName in the config file): required",
+        ),
+        (with(&["--node-name", "Node_1"]), "is not a valid node name"),
+        (
+            with(&["--node-name", "n", "--review-timeout", "soon"]),
+            "\"soon\" is not a duration",
+        ),
+        (
+            with(&["--node-name", "n", "--tls-min-version", "VersionTLS10"]),
+            "TLS 1.0 and 1.1 are broken",
+        ),
+        (
+            with(&["--node-name", "n", "--streaming-authz", "loose"]),
+            "invalid value 'loose'",
+        ),
+        (
+            with(&["--node-name", "n", "--idle-timeout", "0s"]),
+            "--idle-timeout (idleTimeout in the config file): must be more than 0s",
+        ),
+        (
+            with(&["--node-name", "n", "--upstream", "http://10.0.0.1:10250"]),
+            "only allowed to a kubelet on loopback",
+        ),
+        (
+            with(&[
+                "--node-name",
+                "n",
+                "--config",
+                &file("typo.yaml", "tlsCertFil: /x\n"),
+            ]),
+            "unknown field `tlsCertFil`",
+        ),
+        (
+            with(&[
+                "--node-name",
+                "n",
+                "--config",
+                &file(
+                    "rule.yaml",
+                    "authorization:\n  static:\n    - user: a\n      verbs: [list]\n      subresources: [proxy]\n",
+                ),
+            ]),
+            "rule 0: unknown verb \"list\"",
+        ),
+        (
+            with(&[
+                "--node-name",
+                "n",
+                "--authorization-mode",
+                "Static",
+                "--authentication-token-webhook=false",
+            ]),
+            "cannot read /x/tls.crt",
+        ),
+    ];
+    for ((code, stderr), expected) in cases {
+        assert_ne!(code, 0, "{expected}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
+    let certs = Certs::new();
+    let kubelet = DemoKubelet::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        DemoKubeletOptions {
+            tls: Some(
+                mutual_tls(
+                    &certs.path("kubelet.crt"),
+                    &certs.path("kubelet.key"),
+                    &certs.path("ca.crt"),
+                )
+                .unwrap(),
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let d = certs.dir().display();
+    let config = certs.path("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nodeName: {NODE}\nsecureListenAddress: 127.0.0.1:0\nadminListenAddress: 127.0.0.1:0\n\
+             tlsCertFile: {d}/serving.crt\ntlsPrivateKeyFile: {d}/serving.key\nclientCaFile: {d}/ca.crt\n\
+             upstream: https://{}\nupstreamCaFile: {d}/ca.crt\n\
+             upstreamClientCertFile: {d}/gateway-client.crt\nupstreamClientKeyFile: {d}/gateway-client.key\n\
+             authorizationMode: Static\nauthenticationTokenWebhook: false\nshutdownGracePeriod: 5s\n\
+             authorization:\n  static:\n    - group: system:masters\n      verbs: ['*']\n      subresources: ['*']\n",
+            kubelet.addr()
+        ),
+    )
+    .unwrap();
+
+    let mut child = tokio::process::Command::new(BINARY)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_json = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a log line within 10s")
+            .unwrap()
+            .expect("stdout open");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+
+    let serving = loop {
+        let line = next_json().await;
+        if line["message"] == "serving" {
+            break line;
+        }
+    };
+    let addr: SocketAddr = serving["address"].as_str().unwrap().parse().unwrap();
+
+    let mut client = Http1::connect(&certs, addr, &apiserver()).await;
+    let secret_query = "/exec/default/demo/app?command=echo&command=hunter2";
+    let response = client
+        .send(http::Request::post(secret_query).body(empty()).unwrap())
+        .await;
+    assert_eq!(response.status(), 400, "the demo kubelet wants an upgrade");
+    body_text(response).await;
+    let response = client
+        .send(http::Request::get("/pods?watch=1").body(empty()).unwrap())
+        .await;
+    let body = body_text(response).await;
+
+    let mut access = Vec::new();
+    while access.len() < 2 {
+        let line = next_json().await;
+        if line["target"] == "access" {
+            access.push(line);
+        }
+    }
+    let exec = &access[0];
+    assert_eq!(exec["message"], "request");
+    assert_eq!(exec["user"], "kube-apiserver-kubelet-client");
+    assert_eq!(exec["groups"], "system:masters");
+    assert_eq!(exec["authn"], "x509");
+    assert_eq!(exec["method"], "POST");
+    assert_eq!(exec["path"], "/exec/default/demo/app", "no query string");
+    assert_eq!(exec["verb"], "create");
+    assert_eq!(exec["subresources"], "proxy");
+    assert_eq!(exec["decision"], "allowed");
+    assert_eq!(exec["source"], "static");
+    assert_eq!(exec["status"], 400);
+    assert!(exec["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(exec["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(exec["timestamp"].is_string());
+    assert!(
+        !exec.to_string().contains("hunter2"),
+        "the exec command leaked: {exec}"
+    );
+    let pods = &access[1];
+    assert_eq!(
+        (pods["path"].as_str(), pods["status"].as_u64()),
+        (Some("/pods"), Some(200))
+    );
+    assert_eq!(pods["bytes_out"].as_u64(), Some(body.len() as u64));
+
+    let pid = child.id().unwrap().to_string();
+    let sent = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10s")
+        .unwrap();
+    println!("SIGTERM to exit: {:?}", sent.elapsed());
+    assert_eq!(status.code(), Some(0));
+}
