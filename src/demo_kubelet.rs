@@ -56,8 +56,8 @@ pub struct DemoKubeletOptions {
     pub required_token: Option<String>,
     /// Time between lines of a followed log.
     pub log_interval: Duration,
-    /// Answer `/healthz` with a 101 even though nothing asked to upgrade (a
-    /// broken kubelet, for tests).
+    /// Misbehave, for tests: answer `/healthz` with a 101 although nothing
+    /// asked to upgrade, and answer upgrade requests with a plain 200.
     pub misbehave: bool,
 }
 
@@ -106,6 +106,7 @@ pub struct DemoKubelet {
 struct State {
     options: DemoKubeletOptions,
     recorded: Arc<Mutex<Vec<Recorded>>>,
+    stop: CancellationToken,
 }
 
 impl DemoKubelet {
@@ -121,6 +122,7 @@ impl DemoKubelet {
         let state = Arc::new(State {
             options,
             recorded: recorded.clone(),
+            stop: stop.clone(),
         });
         tokio::spawn(accept_loop(listener, state, stop.clone()));
         Ok(DemoKubelet {
@@ -273,13 +275,13 @@ async fn handle(state: &State, mut request: Request<Incoming>) -> Response<Body>
             if !has_container(ns, pod, container) {
                 return plain(StatusCode::NOT_FOUND, "pod does not exist");
             }
-            upgrade_and_echo(&mut request)
+            upgrade_and_echo(state, &mut request)
         }
         ["portForward", ns, pod] | ["portForward", ns, pod, _] => {
             if !PODS.iter().any(|(n, p, _)| n == ns && p == pod) {
                 return plain(StatusCode::NOT_FOUND, "pod does not exist");
             }
-            upgrade_and_echo(&mut request)
+            upgrade_and_echo(state, &mut request)
         }
         _ => plain(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
@@ -366,10 +368,13 @@ fn container_log(state: &State, query: &str) -> Response<Body> {
 
 /// Answers an upgrade the way the kubelet's streaming server does (choosing
 /// the first protocol version offered), then echoes every byte back.
-fn upgrade_and_echo(request: &mut Request<Incoming>) -> Response<Body> {
+fn upgrade_and_echo(state: &State, request: &mut Request<Incoming>) -> Response<Body> {
     let Some(protocol) = requested_upgrade(request.headers()) else {
         return plain(StatusCode::BAD_REQUEST, "Upgrade request required");
     };
+    if state.options.misbehave {
+        return plain(StatusCode::OK, "not switching protocols");
+    }
     let mut response = Response::new(body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = request.headers();
@@ -392,13 +397,19 @@ fn upgrade_and_echo(request: &mut Request<Incoming>) -> Response<Body> {
     }
 
     let on_upgrade = hyper::upgrade::on(request);
+    // A stopped kubelet drops its streams too, mid-flight.
+    let stop = state.stop.clone();
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
-        let _ = tokio::io::copy(&mut reader, &mut writer).await;
-        let _ = writer.shutdown().await;
+        tokio::select! {
+            _ = tokio::io::copy(&mut reader, &mut writer) => {
+                let _ = writer.shutdown().await;
+            }
+            () = stop.cancelled() => {}
+        }
     });
     response
 }

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::authn::{Authenticated, Authenticator, AuthnError, ClientCertificate};
-use crate::authz::attributes::{StreamingAuthz, request_attributes};
+use crate::authz::attributes::{StreamingAuthz, is_upgrade_endpoint, request_attributes};
 use crate::authz::path::{PathError, decode_request_path};
 use crate::authz::{Authorizer, Decision};
 use crate::body::{self, Body, Counted};
@@ -96,6 +96,7 @@ impl Pipeline {
 
         let target = request_target(&request)?;
         let decoded_path = decode_request_path(target.path())?;
+        let upgrade_allowed = is_upgrade_endpoint(&decoded_path);
         let attributes = request_attributes(request.method(), &decoded_path, self.streaming_authz)?;
         record.attributes(attributes);
 
@@ -132,7 +133,13 @@ impl Pipeline {
         };
         let response = self
             .forwarder
-            .forward(request, target, connection.peer.ip(), stream_log)
+            .forward(
+                request,
+                target,
+                connection.peer.ip(),
+                upgrade_allowed,
+                stream_log,
+            )
             .await?;
         self.metrics
             .upstream_duration
@@ -186,13 +193,32 @@ impl StreamObserver for StreamLog {
     }
 }
 
-/// The path and query exactly as the caller sent them. HTTP/1 absolute-form
-/// (`GET https://host/pods`) is a proxy request no apiserver sends; refusing
-/// it keeps one spelling per request.
+/// The path and query exactly as the caller sent them, once the request's
+/// shape is unambiguous:
+/// - HTTP/1 absolute-form (`GET https://host/pods`) is a proxy request no
+///   apiserver sends; refusing it keeps one spelling per request;
+/// - HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2; Go, and so the
+///   kubelet, refuses the rest);
+/// - HTTP/2 `:authority` and a `Host` header must agree (RFC 9113 §8.3.1).
 fn request_target(request: &Request<Body>) -> Result<PathAndQuery, Rejection> {
     let uri = request.uri();
+    let hosts = request.headers().get_all(http::header::HOST).iter().count();
     if request.version() < Version::HTTP_2 && uri.scheme().is_some() {
         return Err(Rejection::AbsoluteForm);
+    }
+    if request.version() == Version::HTTP_11 && hosts != 1 {
+        return Err(Rejection::BadHost(if hosts == 0 {
+            "missing Host header"
+        } else {
+            "more than one Host header"
+        }));
+    }
+    if request.version() == Version::HTTP_2
+        && let (Some(authority), Some(host)) =
+            (uri.authority(), request.headers().get(http::header::HOST))
+        && authority.as_str().as_bytes() != host.as_bytes()
+    {
+        return Err(Rejection::BadHost(":authority and Host disagree"));
     }
     uri.path_and_query()
         .cloned()

@@ -17,6 +17,8 @@ pub enum Rejection {
     BadPath(#[from] PathError),
     #[error("bad request: absolute-form request target")]
     AbsoluteForm,
+    #[error("bad request: {0}")]
+    BadHost(&'static str),
     #[error("unauthenticated: {0}")]
     Unauthorized(#[from] AuthnError),
     #[error("{0}")]
@@ -40,7 +42,9 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::BadPath(_) | Rejection::AbsoluteForm => StatusCode::BAD_REQUEST,
+            Rejection::BadPath(_) | Rejection::AbsoluteForm | Rejection::BadHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             // The kubelet answers 500; a refusal the caller may retry is a
@@ -60,6 +64,7 @@ impl Rejection {
             Rejection::AbsoluteForm => {
                 "Bad Request: absolute-form request targets are not accepted".into()
             }
+            Rejection::BadHost(why) => format!("Bad Request: {why}"),
             Rejection::Unauthorized(_) => "Unauthorized".into(),
             Rejection::MethodNotAllowed(e) => format!("Method Not Allowed: {e}"),
             Rejection::Forbidden {

@@ -1,7 +1,8 @@
 //! Who is calling. A request is authenticated by exactly one method, tried in
 //! this order: the client certificate (if one was presented, it decides — a
 //! bad certificate is a 401, never a fall-through to a token), then a bearer
-//! token checked with a TokenReview, then anonymous access if enabled.
+//! token (the `Authorization` header, else a WebSocket subprotocol) checked
+//! with a TokenReview, then anonymous access if enabled.
 //! Anything else is `401 Unauthorized`.
 
 mod token;
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::tls::TlsState;
 
-pub use token::{TokenAuthenticator, TokenError, bearer_token};
+pub use token::{TokenAuthenticator, TokenError, bearer_token, websocket_token};
 pub use x509::{CertificateError, ClientCertificate, identity_from_certificate};
 
 /// An authenticated caller, in the shape of the apiserver's `user.Info`.
@@ -111,11 +112,19 @@ impl Authenticator {
                 method: Method::X509,
             });
         }
-        if let (Some(tokens), Some(token)) = (&self.tokens, bearer_token(headers)) {
-            return Ok(Authenticated {
-                identity: tokens.authenticate(token).await?,
-                method: Method::Token,
-            });
+        if let Some(tokens) = &self.tokens {
+            // The kubelet's order: the Authorization header, then a token in
+            // the WebSocket subprotocols (browsers cannot set headers there).
+            let token = match bearer_token(headers) {
+                Some(token) => Some(token.to_owned()),
+                None => websocket_token(headers)?,
+            };
+            if let Some(token) = token {
+                return Ok(Authenticated {
+                    identity: tokens.authenticate(&token).await?,
+                    method: Method::Token,
+                });
+            }
         }
         if self.anonymous {
             return Ok(Authenticated {

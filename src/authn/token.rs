@@ -23,6 +23,8 @@ pub enum TokenError {
     Rejected,
     #[error("the token review failed: {0}")]
     ReviewFailed(String),
+    #[error("malformed WebSocket bearer token: {0}")]
+    Malformed(String),
 }
 
 pub struct TokenAuthenticator {
@@ -122,6 +124,53 @@ impl TokenAuthenticator {
     }
 }
 
+/// The token a WebSocket client sends as a subprotocol
+/// (`base64url.bearer.authorization.k8s.io.<base64url token>`), read as the
+/// kubelet's protocol authenticator reads it: only on a WebSocket upgrade,
+/// at most one such protocol, valid unpadded base64url of UTF-8, and at
+/// least one other protocol left for the server to choose.
+pub fn websocket_token(headers: &http::HeaderMap) -> Result<Option<String>, TokenError> {
+    use base64::Engine as _;
+    let is_websocket = crate::proxy::headers::requested_upgrade(headers)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !is_websocket {
+        return Ok(None);
+    }
+    let malformed = |why: &str| TokenError::Malformed(why.to_owned());
+    let mut token = None;
+    let mut others = 0;
+    for value in headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+        let value = value
+            .to_str()
+            .map_err(|_| malformed("Sec-WebSocket-Protocol is not text"))?;
+        for protocol in value.split(',').map(str::trim) {
+            let Some(encoded) =
+                protocol.strip_prefix(crate::proxy::headers::WEBSOCKET_BEARER_PREFIX)
+            else {
+                others += 1;
+                continue;
+            };
+            if token.is_some() {
+                return Err(malformed("more than one bearer token protocol"));
+            }
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded)
+                .map_err(|_| malformed("the bearer token protocol is not base64url"))?;
+            token = Some(
+                String::from_utf8(decoded)
+                    .map_err(|_| malformed("the bearer token is not UTF-8"))?,
+            );
+        }
+    }
+    match token {
+        Some(token) if !token.is_empty() && others == 0 => {
+            Err(malformed("no subprotocol besides the bearer token"))
+        }
+        Some(token) if !token.is_empty() => Ok(Some(token)),
+        _ => Ok(None),
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header, read as the
 /// kubelet reads it: scheme case-insensitive, empty tokens ignored.
 pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
@@ -140,6 +189,73 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
         headers
+    }
+
+    fn websocket(protocols: &[&str]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("connection", "Upgrade".parse().unwrap());
+        headers.insert("upgrade", "websocket".parse().unwrap());
+        for p in protocols {
+            headers.append("sec-websocket-protocol", p.parse().unwrap());
+        }
+        headers
+    }
+
+    const TOKEN_PROTOCOL: &str = "base64url.bearer.authorization.k8s.io.c2VjcmV0LXRva2Vu"; // "secret-token"
+
+    #[test]
+    fn websocket_tokens_are_read_as_the_kubelet_reads_them() {
+        let token = |h| websocket_token(&h);
+        assert_eq!(
+            token(websocket(&[&format!(
+                "{TOKEN_PROTOCOL}, v4.channel.k8s.io"
+            )])),
+            Ok(Some("secret-token".into()))
+        );
+        assert_eq!(
+            token(websocket(&["v4.channel.k8s.io", TOKEN_PROTOCOL])),
+            Ok(Some("secret-token".into())),
+            "several header lines"
+        );
+        assert_eq!(token(websocket(&["v4.channel.k8s.io"])), Ok(None));
+        assert!(
+            token(websocket(&[TOKEN_PROTOCOL])).is_err(),
+            "nothing left to choose"
+        );
+        assert!(
+            token(websocket(&[
+                TOKEN_PROTOCOL,
+                TOKEN_PROTOCOL,
+                "v4.channel.k8s.io"
+            ]))
+            .is_err()
+        );
+        assert!(
+            token(websocket(&[
+                "base64url.bearer.authorization.k8s.io.c2VjcmV0LXRva2Vu=",
+                "v4"
+            ]))
+            .is_err()
+        );
+        assert!(
+            token(websocket(&[
+                "base64url.bearer.authorization.k8s.io.!!",
+                "v4"
+            ]))
+            .is_err()
+        );
+        assert!(
+            token(websocket(&[
+                "base64url.bearer.authorization.k8s.io._w",
+                "v4"
+            ]))
+            .is_err(),
+            "not UTF-8"
+        );
+
+        let mut spdy = websocket(&[TOKEN_PROTOCOL, "v4.channel.k8s.io"]);
+        spdy.insert("upgrade", "SPDY/3.1".parse().unwrap());
+        assert_eq!(token(spdy), Ok(None), "only WebSocket upgrades carry it");
     }
 
     #[test]

@@ -163,6 +163,17 @@ const PROXY: &[Subresource] = &[Subresource::Proxy];
 /// Endpoints that run code in or open a channel into a container.
 const STREAMING_PREFIXES: &[&str] = &["/exec", "/attach", "/run", "/portForward"];
 
+/// The kubelet's only endpoints that switch protocols (`/run` answers
+/// plainly).
+const UPGRADE_PREFIXES: &[&str] = &["/exec", "/attach", "/portForward"];
+
+/// Whether the kubelet may upgrade a request for `path`. Elsewhere an
+/// `Upgrade` header is dropped like any hop-by-hop header, so a path a
+/// caller may only read can never be turned into a stream.
+pub fn is_upgrade_endpoint(path: &str) -> bool {
+    UPGRADE_PREFIXES.iter().any(|p| is_subpath(path, p))
+}
+
 /// A method the kubelet has no verb for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("method {0} is not allowed")]
@@ -328,6 +339,23 @@ mod tests {
             "the kubelet routes only /portForward"
         );
         assert_eq!(strict("/exec"), Verb::Create);
+    }
+
+    #[test]
+    fn only_exec_attach_and_port_forward_upgrade() {
+        for path in ["/exec/a/b/c", "/attach/a/b/c", "/portForward/a/b", "/exec"] {
+            assert!(is_upgrade_endpoint(path), "{path}");
+        }
+        for path in [
+            "/run/a/b/c",
+            "/containerLogs/a/b/c",
+            "/pods",
+            "/execute",
+            "/portforward/a/b",
+            "/",
+        ] {
+            assert!(!is_upgrade_endpoint(path), "{path}");
+        }
     }
 
     #[test]

@@ -72,17 +72,20 @@ impl Forwarder {
     }
 
     /// Sends `request` to the kubelet at exactly `target` (the path and query
-    /// that were authorized). If the kubelet switches protocols, `observer`
-    /// is called for something to tell about the stream.
+    /// that were authorized). An HTTP/1.1 upgrade is relayed only when
+    /// `upgrade_allowed`; otherwise the `Upgrade` header is dropped with the
+    /// other hop-by-hop headers. If the kubelet switches protocols,
+    /// `observer` is called for something to tell about the stream.
     pub async fn forward(
         &self,
         mut request: Request<Body>,
         target: PathAndQuery,
         peer: IpAddr,
+        upgrade_allowed: bool,
         observer: impl FnOnce() -> Box<dyn StreamObserver>,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = match request.version() {
-            Version::HTTP_11 => headers::requested_upgrade(request.headers()),
+            Version::HTTP_11 if upgrade_allowed => headers::requested_upgrade(request.headers()),
             _ => None,
         };
         let caller_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));

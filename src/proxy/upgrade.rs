@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes moved by a finished splice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,10 +27,13 @@ pub async fn splice_upgraded(
     Ok(splice(TokioIo::new(caller), TokioIo::new(kubelet), linger).await)
 }
 
-/// Copies both ways. When one direction ends (EOF or error) the end is passed
-/// on as a write shutdown, and the other direction gets `linger` to finish —
-/// enough for a last reply to drain, not enough to leak a stream whose peer
-/// never closes. Then both connections are dropped.
+/// Copies both ways until the session is over:
+/// - when the caller finishes sending (EOF), the end is passed on as a write
+///   shutdown and the kubelet gets `linger` to finish its reply — enough for
+///   a last answer to drain, not enough to leak a stream whose peer never
+///   closes;
+/// - when the kubelet finishes, or either side fails, the session is over:
+///   the caller's side is shut down and both connections dropped at once.
 pub async fn splice<C, K>(caller: C, kubelet: K, linger: Duration) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -36,34 +41,58 @@ where
 {
     let (mut caller_read, mut caller_write) = tokio::io::split(caller);
     let (mut kubelet_read, mut kubelet_write) = tokio::io::split(kubelet);
+    let to_kubelet = AtomicU64::new(0);
+    let to_caller = AtomicU64::new(0);
 
     let upstream = async {
-        let n = tokio::io::copy(&mut caller_read, &mut kubelet_write)
-            .await
-            .unwrap_or(0);
-        let _ = kubelet_write.shutdown().await;
-        n
+        let copied = copy(&mut caller_read, &mut kubelet_write, &to_kubelet).await;
+        if copied.is_ok() {
+            let _ = kubelet_write.shutdown().await;
+        }
+        copied
     };
     let downstream = async {
-        let n = tokio::io::copy(&mut kubelet_read, &mut caller_write)
-            .await
-            .unwrap_or(0);
+        let copied = copy(&mut kubelet_read, &mut caller_write, &to_caller).await;
         let _ = caller_write.shutdown().await;
-        n
+        copied
     };
     tokio::pin!(upstream, downstream);
 
     tokio::select! {
-        to_kubelet = &mut upstream => {
-            let to_caller = tokio::time::timeout(linger, downstream).await.unwrap_or(0);
-            Relayed { to_kubelet, to_caller }
+        sent = &mut upstream => {
+            if sent.is_ok() {
+                let _ = tokio::time::timeout(linger, downstream).await;
+            }
         }
-        to_caller = &mut downstream => {
-            let to_kubelet = tokio::time::timeout(linger, upstream).await.unwrap_or(0);
-            Relayed { to_kubelet, to_caller }
-        }
+        _ = &mut downstream => {}
+    }
+    Relayed {
+        to_kubelet: to_kubelet.load(Ordering::Relaxed),
+        to_caller: to_caller.load(Ordering::Relaxed),
     }
 }
+
+/// `tokio::io::copy`, counting as it goes so a direction cut short still
+/// reports what it moved.
+async fn copy<R, W>(reader: &mut R, writer: &mut W, counter: &AtomicU64) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = reader.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        writer.write_all(&buffer[..n]).await?;
+        writer.flush().await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Read size per direction: a TLS record's worth of plaintext.
+const COPY_BUFFER: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -100,6 +129,24 @@ mod tests {
                 to_caller: 15
             }
         );
+    }
+
+    #[tokio::test]
+    async fn when_the_kubelet_goes_away_the_session_ends_at_once() {
+        let (caller_end, caller_peer) = duplex(64);
+        let (mut kubelet_end, kubelet_peer) = duplex(64);
+        let splice = tokio::spawn(splice(caller_peer, kubelet_peer, Duration::from_secs(3600)));
+        kubelet_end.write_all(b"bye").await.unwrap();
+        drop(kubelet_end);
+        let relayed = tokio::time::timeout(Duration::from_secs(5), splice)
+            .await
+            .expect("no linger when the kubelet ends the session")
+            .unwrap();
+        assert_eq!(relayed.to_caller, 3);
+        let mut caller = caller_end;
+        let mut got = Vec::new();
+        caller.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye", "and the caller saw its end");
     }
 
     #[tokio::test(start_paused = true)]

@@ -96,6 +96,7 @@ async fn a_post_body_streams_to_the_kubelet_and_the_answer_streams_back() {
     let response = sender
         .send_request(
             Request::post("/run/default/demo/app?cmd=cat")
+                .header("host", "127.0.0.1")
                 .body(ChannelBody(rx))
                 .unwrap(),
         )

@@ -5,6 +5,7 @@ mod authentication;
 mod authorization;
 mod binary;
 mod forwarding;
+mod hardening;
 mod operations;
 mod paths;
 mod reviews;

@@ -71,7 +71,12 @@ async fn get_trusting(env: &Env, roots: &Path, who: &Identity, target: &str) -> 
     tokio::spawn(conn);
     sender.ready().await.unwrap();
     let response = sender
-        .send_request(Request::get(target).body(empty()).unwrap())
+        .send_request(
+            Request::get(target)
+                .header("host", "127.0.0.1")
+                .body(empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     response.status().as_u16()
@@ -205,7 +210,12 @@ async fn certificates_and_ca_reload_under_load_without_a_failed_request() {
                 let response = match sender.ready().await {
                     Ok(()) => {
                         sender
-                            .send_request(Request::get("/pods").body(empty()).unwrap())
+                            .send_request(
+                                Request::get("/pods")
+                                    .header("host", "127.0.0.1")
+                                    .body(empty())
+                                    .unwrap(),
+                            )
                             .await
                     }
                     Err(e) => Err(e),

@@ -455,7 +455,13 @@ impl Http1 {
         Http1 { sender }
     }
 
-    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Response<Incoming> {
+    pub async fn send(&mut self, mut request: Request<Full<Bytes>>) -> Response<Incoming> {
+        // HTTP/1.1 needs a Host; hyper does not add one to a relative URI.
+        if !request.headers().contains_key("host") {
+            request
+                .headers_mut()
+                .insert("host", http::HeaderValue::from_static("127.0.0.1"));
+        }
         // A request sent before the connection is ready is refused by hyper.
         self.sender.ready().await.expect("connection ready");
         self.sender.send_request(request).await.expect("response")
