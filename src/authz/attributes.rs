@@ -366,3 +366,73 @@ mod tests {
         assert_eq!(Subresource::parse("nodes"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop_oneof![
+            Just(Method::GET),
+            Just(Method::HEAD),
+            Just(Method::POST),
+            Just(Method::PUT),
+            Just(Method::PATCH),
+            Just(Method::DELETE),
+            Just(Method::OPTIONS),
+            "[A-Z]{1,8}".prop_map(|m| Method::from_bytes(m.as_bytes()).unwrap_or(Method::TRACE)),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            Just("exec"),
+            Just("attach"),
+            Just("run"),
+            Just("portForward"),
+            Just("pods"),
+            Just("runningpods"),
+            Just("metrics"),
+            Just("stats"),
+            Just("logs"),
+            Just("healthz"),
+            Just("configz"),
+            Just("statusz"),
+            Just("flagz"),
+            Just("checkpoint"),
+            Just(""),
+            Just("x"),
+        ];
+        proptest::collection::vec(segment, 0..5).prop_map(|s| format!("/{}", s.join("/")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// In strict mode nothing under a streaming prefix is ever checked
+        /// with less than `create`; in both modes at least one subresource is
+        /// checked, and `proxy`, when present, is the last resort.
+        #[test]
+        fn strict_mode_never_lets_a_stream_through_as_a_read(method in method(), path in path()) {
+            for mode in [StreamingAuthz::Strict, StreamingAuthz::Kubelet] {
+                match request_attributes(&method, &path, mode) {
+                    Ok(attributes) => {
+                        prop_assert!(!attributes.subresources.is_empty());
+                        if let Some(i) = attributes.subresources.iter().position(|s| *s == Subresource::Proxy) {
+                            prop_assert_eq!(i, attributes.subresources.len() - 1);
+                        }
+                        let streaming = ["/exec", "/attach", "/run", "/portForward"].iter().any(|p| is_subpath(&path, p));
+                        if mode == StreamingAuthz::Strict && streaming {
+                            prop_assert_eq!(attributes.verb, Verb::Create);
+                        }
+                        if mode == StreamingAuthz::Kubelet {
+                            prop_assert_eq!(Some(attributes.verb), Verb::for_method(&method));
+                        }
+                    }
+                    Err(_) => prop_assert!(Verb::for_method(&method).is_none()),
+                }
+            }
+        }
+    }
+}

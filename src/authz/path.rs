@@ -200,3 +200,61 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Paths built from the characters that matter: separators, dots,
+    /// percent signs, hex digits, backslashes and a little of everything.
+    fn tricky_path() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("/".to_owned()),
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("%".to_owned()),
+                Just("%2f".to_owned()),
+                Just("%2e".to_owned()),
+                Just("%5c".to_owned()),
+                Just("%00".to_owned()),
+                Just("%c0%ae".to_owned()),
+                Just("\\".to_owned()),
+                "[0-9a-fA-F]{1,2}",
+                "[a-z]{1,4}",
+                "%[0-9a-fA-F]{2}",
+                any::<char>().prop_map(|c| c.to_string()),
+            ],
+            0..12,
+        )
+        .prop_map(|parts| format!("/{}", parts.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Decoding never creates or removes a segment boundary, and an
+        /// accepted path has no segment that means "here" or "up".
+        #[test]
+        fn an_accepted_path_names_the_same_segments_decoded(raw in tricky_path()) {
+            if let Ok(decoded) = decode_request_path(&raw) {
+                let raw_segments: Vec<&str> = raw.split('/').collect();
+                let decoded_segments: Vec<&str> = decoded.split('/').collect();
+                prop_assert_eq!(raw_segments.len(), decoded_segments.len());
+                for (i, segment) in decoded_segments.iter().enumerate().skip(1) {
+                    prop_assert!(*segment != "." && *segment != "..", "{:?}", decoded);
+                    prop_assert!(!segment.is_empty() || i == decoded_segments.len() - 1, "{:?}", decoded);
+                }
+                prop_assert!(!decoded.contains('\\'));
+                prop_assert!(!decoded.chars().any(char::is_control));
+            }
+        }
+
+        /// Anything at all: an answer, never a panic.
+        #[test]
+        fn any_string_gets_an_answer(raw in ".*") {
+            let _ = decode_request_path(&raw);
+        }
+    }
+}

@@ -317,3 +317,74 @@ mod tests {
         assert_eq!(switching["sec-websocket-protocol"], "v4.channel.k8s.io");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Header names mixing identity, hop-by-hop and ordinary headers, in any
+    /// letter case (HeaderName lowercases them, as HTTP/2 requires).
+    fn header_name() -> impl Strategy<Value = HeaderName> {
+        prop_oneof![
+            Just("Authorization".to_owned()),
+            Just("Proxy-Authorization".to_owned()),
+            "[Ii][Mm][Pp][Ee][Rr][Ss][Oo][Nn][Aa][Tt][Ee]-[A-Za-z-]{1,10}",
+            "[Xx]-[Rr][Ee][Mm][Oo][Tt][Ee]-[A-Za-z-]{1,10}",
+            Just("Connection".to_owned()),
+            Just("Keep-Alive".to_owned()),
+            Just("TE".to_owned()),
+            Just("Transfer-Encoding".to_owned()),
+            Just("Upgrade".to_owned()),
+            Just("Proxy-Connection".to_owned()),
+            Just("Sec-WebSocket-Protocol".to_owned()),
+            "[A-Za-z][A-Za-z0-9-]{0,12}",
+        ]
+        .prop_filter_map("valid name", |n| HeaderName::from_bytes(n.as_bytes()).ok())
+    }
+
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            Just("upgrade, x-custom".to_owned()),
+            Just("base64url.bearer.authorization.k8s.io.dG9rZW4, v4.channel.k8s.io".to_owned()),
+            "[ -~]{0,24}",
+        ]
+        .prop_filter_map("valid value", |v| HeaderValue::from_str(&v).ok())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn no_identity_or_hop_by_hop_header_survives(
+            pairs in proptest::collection::vec((header_name(), header_value()), 0..16),
+            upgrade in proptest::option::of(Just(HeaderValue::from_static("SPDY/3.1"))),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(name, value);
+            }
+            prepare_request(&mut headers, upgrade.as_ref(), "10.0.0.1".parse().unwrap());
+            for name in headers.keys() {
+                let name = name.as_str();
+                prop_assert!(name != "authorization" && name != "proxy-authorization");
+                prop_assert!(!name.starts_with("impersonate-") && !name.starts_with("x-remote-"));
+                prop_assert!(!["keep-alive", "te", "transfer-encoding", "proxy-connection", "trailer"].contains(&name));
+            }
+            for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+                prop_assert!(!value.to_str().unwrap_or("").contains(WEBSOCKET_BEARER_PREFIX));
+            }
+            match &upgrade {
+                Some(protocol) => {
+                    prop_assert_eq!(headers.get_all(header::CONNECTION).iter().collect::<Vec<_>>(), ["Upgrade"]);
+                    prop_assert_eq!(headers.get_all(header::UPGRADE).iter().collect::<Vec<_>>(), [protocol]);
+                }
+                None => {
+                    prop_assert!(!headers.contains_key(header::CONNECTION));
+                    prop_assert!(!headers.contains_key(header::UPGRADE));
+                }
+            }
+            prop_assert!(headers["x-forwarded-for"].to_str().unwrap().ends_with("10.0.0.1"));
+        }
+    }
+}

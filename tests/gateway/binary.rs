@@ -134,11 +134,73 @@ fn configuration_errors_name_the_setting_and_the_fix() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
-    let certs = Certs::new();
-    let kubelet = DemoKubelet::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
+/// The binary, started as `serve` with dev certificates in front of a
+/// stand-in kubelet, its stdout (JSON log lines) readable.
+struct Running {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Running {
+    async fn start(certs: &Certs, kubelet: SocketAddr) -> Running {
+        let d = certs.dir().display();
+        let config = certs.path("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "nodeName: {NODE}\nsecureListenAddress: 127.0.0.1:0\nadminListenAddress: 127.0.0.1:0\n\
+                 tlsCertFile: {d}/serving.crt\ntlsPrivateKeyFile: {d}/serving.key\nclientCaFile: {d}/ca.crt\n\
+                 upstream: https://{kubelet}\nupstreamCaFile: {d}/ca.crt\n\
+                 upstreamClientCertFile: {d}/gateway-client.crt\nupstreamClientKeyFile: {d}/gateway-client.key\n\
+                 authorizationMode: Static\nauthenticationTokenWebhook: false\nshutdownGracePeriod: 5s\n\
+                 authorization:\n  static:\n    - group: system:masters\n      verbs: ['*']\n      subresources: ['*']\n"
+            ),
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new(BINARY)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut running = Running {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            lines,
+        };
+        let serving = loop {
+            let line = running.next_json().await;
+            if line["message"] == "serving" {
+                break line;
+            }
+        };
+        running.addr = serving["address"].as_str().unwrap().parse().unwrap();
+        running
+    }
+
+    async fn next_json(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await
+            .expect("a log line within 10s")
+            .unwrap()
+            .expect("stdout open");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Open file descriptors of the process.
+    fn open_fds(&self) -> usize {
+        let pid = self.child.id().unwrap();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    }
+}
+
+async fn start_kubelet(certs: &Certs, addr: SocketAddr) -> DemoKubelet {
+    DemoKubelet::start(
+        addr,
         DemoKubeletOptions {
             tls: Some(
                 mutual_tls(
@@ -148,51 +210,20 @@ async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
                 )
                 .unwrap(),
             ),
+            log_interval: Duration::from_millis(20),
             ..Default::default()
         },
     )
     .await
-    .unwrap();
-    let d = certs.dir().display();
-    let config = certs.path("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "nodeName: {NODE}\nsecureListenAddress: 127.0.0.1:0\nadminListenAddress: 127.0.0.1:0\n\
-             tlsCertFile: {d}/serving.crt\ntlsPrivateKeyFile: {d}/serving.key\nclientCaFile: {d}/ca.crt\n\
-             upstream: https://{}\nupstreamCaFile: {d}/ca.crt\n\
-             upstreamClientCertFile: {d}/gateway-client.crt\nupstreamClientKeyFile: {d}/gateway-client.key\n\
-             authorizationMode: Static\nauthenticationTokenWebhook: false\nshutdownGracePeriod: 5s\n\
-             authorization:\n  static:\n    - group: system:masters\n      verbs: ['*']\n      subresources: ['*']\n",
-            kubelet.addr()
-        ),
-    )
-    .unwrap();
+    .unwrap()
+}
 
-    let mut child = tokio::process::Command::new(BINARY)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next_json = async || -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("a log line within 10s")
-            .unwrap()
-            .expect("stdout open");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    };
-
-    let serving = loop {
-        let line = next_json().await;
-        if line["message"] == "serving" {
-            break line;
-        }
-    };
-    let addr: SocketAddr = serving["address"].as_str().unwrap().parse().unwrap();
-
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
+    let certs = Certs::new();
+    let kubelet = start_kubelet(&certs, "127.0.0.1:0".parse().unwrap()).await;
+    let mut running = Running::start(&certs, kubelet.addr()).await;
+    let addr = running.addr;
     let mut client = Http1::connect(&certs, addr, &apiserver()).await;
     let secret_query = "/exec/default/demo/app?command=echo&command=hunter2";
     let response = client
@@ -207,7 +238,7 @@ async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
 
     let mut access = Vec::new();
     while access.len() < 2 {
-        let line = next_json().await;
+        let line = running.next_json().await;
         if line["target"] == "access" {
             access.push(line);
         }
@@ -238,7 +269,7 @@ async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
     );
     assert_eq!(pods["bytes_out"].as_u64(), Some(body.len() as u64));
 
-    let pid = child.id().unwrap().to_string();
+    let pid = running.child.id().unwrap().to_string();
     let sent = Instant::now();
     assert!(
         std::process::Command::new("kill")
@@ -247,10 +278,83 @@ async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
             .unwrap()
             .success()
     );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(10), running.child.wait())
         .await
         .expect("exits within 10s")
         .unwrap();
     println!("SIGTERM to exit: {:?}", sent.elapsed());
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_descriptors_return_to_baseline_after_streams_aborts_and_a_dying_kubelet() {
+    let certs = Certs::new();
+    let kubelet = start_kubelet(&certs, "127.0.0.1:0".parse().unwrap()).await;
+    let running = Running::start(&certs, kubelet.addr()).await;
+    let addr = running.addr;
+    // The reloader's inotify and the admin listener come up just after the
+    // "serving" line: take the baseline once the count is steady.
+    let mut baseline = running.open_fds();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = running.open_fds();
+        if again == baseline {
+            break;
+        }
+        baseline = again;
+    }
+
+    for _ in 0..30 {
+        let mut client = Http1::connect(&certs, addr, &apiserver()).await;
+        let response = client
+            .send(http::Request::get("/pods").body(empty()).unwrap())
+            .await;
+        body_text(response).await;
+    }
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut stream = Raw::connect(&certs, addr, &apiserver(), &[b"http/1.1"]).await;
+        stream
+            .write(spdy_request("/exec/default/demo/app?command=sh").as_bytes())
+            .await;
+        let head = stream.read_head().await.unwrap();
+        assert_eq!(head.status, 101);
+        stream.write(b"ping").await;
+        stream.read_exact_after(head.rest, 4).await;
+        streams.push(stream);
+    }
+    for _ in 0..10 {
+        let mut upload = Raw::connect(&certs, addr, &apiserver(), &[b"http/1.1"]).await;
+        upload
+            .write(b"POST /run/default/demo/app HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial")
+            .await;
+    }
+    let mut follow = Http1::connect(&certs, addr, &apiserver()).await;
+    let log = follow
+        .send(
+            http::Request::get("/containerLogs/default/demo/app?follow=true")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    let busy = running.open_fds();
+    assert!(
+        busy > baseline + 20,
+        "{busy} fds under load, {baseline} idle"
+    );
+
+    // The kubelet dies under the open streams and the follow; the callers go.
+    kubelet.stop();
+    drop(streams);
+    drop(log);
+    drop(follow);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut now = running.open_fds();
+    while now != baseline && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = running.open_fds();
+    }
+    println!("file descriptors: {baseline} idle, {busy} under load, {now} after");
+
+    assert_eq!(now, baseline, "file descriptors leaked");
 }
