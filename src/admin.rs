@@ -33,7 +33,9 @@ const KUBELET_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Admin {
     metrics: Arc<Metrics>,
-    tls: watch::Receiver<Arc<TlsState>>,
+    tls: watch::Receiver<Option<Arc<TlsState>>>,
+    /// Why there is no serving certificate yet (a CSR in flight), if so.
+    serving_status: watch::Receiver<String>,
     kubelet: Upstream,
     shutting_down: CancellationToken,
     last_readiness: Mutex<Option<(Instant, Result<(), String>)>>,
@@ -42,13 +44,15 @@ pub struct Admin {
 impl Admin {
     pub fn new(
         metrics: Arc<Metrics>,
-        tls: watch::Receiver<Arc<TlsState>>,
+        tls: watch::Receiver<Option<Arc<TlsState>>>,
+        serving_status: watch::Receiver<String>,
         kubelet: Upstream,
         shutting_down: CancellationToken,
     ) -> Self {
         Admin {
             metrics,
             tls,
+            serving_status,
             kubelet,
             shutting_down,
             last_readiness: Mutex::new(None),
@@ -150,14 +154,19 @@ impl Admin {
 
     async fn check(&self) -> Result<(), String> {
         let mut problems = Vec::new();
-        let expires_at = self.tls.borrow().serving_expires_at;
+        let expires_at = self.tls.borrow().as_ref().map(|s| s.serving_expires_at);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        if expires_at <= now {
-            problems.push(format!(
+        match expires_at {
+            None => problems.push(format!(
+                "no serving certificate yet: {}",
+                self.serving_status.borrow().as_str()
+            )),
+            Some(expires_at) if expires_at <= now => problems.push(format!(
                 "the serving certificate expired at {expires_at} (seconds since the epoch)"
-            ));
+            )),
+            Some(_) => {}
         }
         match tokio::time::timeout(KUBELET_PROBE_TIMEOUT, self.kubelet.probe("/healthz")).await {
             Ok(Ok(status)) if status.is_success() => {}

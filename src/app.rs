@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use rustls::crypto::CryptoProvider;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,12 +21,14 @@ use crate::authz::cache::DecisionCache;
 use crate::authz::sar::Reviewer;
 use crate::authz::{Authorizer, Webhook};
 use crate::config::Config;
+use crate::config::Serving;
+use crate::csr::CsrIssuer;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
 use crate::server::Server;
 use crate::tls::reload::{self, Material};
-use crate::tls::{self, ServingFiles, TlsError, TlsOptions, TlsState};
+use crate::tls::{self, ClientCa, ServingCert, ServingTls, TlsError};
 
 /// How long the other direction of an upgraded stream may keep going after
 /// one side has closed.
@@ -64,6 +65,8 @@ pub struct Gateway {
     admin_addr: SocketAddr,
     materials: Vec<Material>,
     metrics: Arc<Metrics>,
+    /// With --serving-cert-source=csr: requests and renews the certificate.
+    csr: Option<CsrIssuer>,
     grace: Duration,
     shutting_down: CancellationToken,
 }
@@ -74,35 +77,76 @@ impl Gateway {
         let provider = tls::crypto_provider(&config.tls)?;
         let mut materials = Vec::new();
 
-        // TLS: serving certificate and client CA, reloaded together.
-        let serving = ServingFiles {
-            cert: config.tls_cert_file.clone(),
-            key: config.tls_private_key_file.clone(),
-            client_ca: config.client_ca_file.clone(),
+        // TLS: the serving certificate (from files, or issued through a CSR)
+        // and the client CA, assembled into what new handshakes use.
+        let (serving_tls, tls_state) = ServingTls::new(config.tls.clone(), provider.clone());
+        let (serving_status, serving_status_updates) = watch::channel(String::new());
+        let load_client_ca = {
+            let (path, provider, metrics) = (
+                config.client_ca_file.clone(),
+                provider.clone(),
+                metrics.clone(),
+            );
+            move || -> Result<Option<Arc<ClientCa>>, TlsError> {
+                let Some(path) = &path else {
+                    return Ok(None);
+                };
+                let ca = ClientCa::load(path, &provider)?;
+                metrics.set_expiry("client_ca", ca.expires_at());
+                Ok(Some(Arc::new(ca)))
+            }
         };
-        let (tls_updates, tls_state) =
-            watch::channel(load_serving(&serving, &config.tls, &provider, &metrics)?);
-        let reload_serving = {
-            let (options, provider, metrics) =
-                (config.tls.clone(), provider.clone(), metrics.clone());
-            let serving = serving.clone();
-            Box::new(move || {
-                let state = load_serving(&serving, &options, &provider, &metrics)
-                    .map_err(|e| e.to_string())?;
-                tls_updates.send_replace(state);
-                Ok(())
-            })
-        };
-        let serving_paths = [
-            Some(serving.cert.clone()),
-            Some(serving.key.clone()),
-            serving.client_ca.clone(),
-        ];
-        materials.push(Material::new(
-            "serving",
-            serving_paths.into_iter().flatten().collect(),
-            reload_serving,
-        ));
+        let mut csr = None;
+        match &config.serving {
+            Serving::Files { cert, key } => {
+                let load = {
+                    let (cert, key, provider, metrics) =
+                        (cert.clone(), key.clone(), provider.clone(), metrics.clone());
+                    let serving_tls = serving_tls.clone();
+                    move || -> Result<(), TlsError> {
+                        let serving = ServingCert::load(&cert, &key, &provider)?;
+                        let client_ca = load_client_ca()?;
+                        metrics.set_expiry("serving", serving.expires_at);
+                        serving_tls.set(Arc::new(serving), client_ca)
+                    }
+                };
+                load()?;
+                let paths = [
+                    Some(cert.clone()),
+                    Some(key.clone()),
+                    config.client_ca_file.clone(),
+                ];
+                materials.push(Material::new(
+                    "serving",
+                    paths.into_iter().flatten().collect(),
+                    Box::new(move || load().map_err(|e| e.to_string())),
+                ));
+            }
+            Serving::Csr(settings) => {
+                serving_tls.set_client_ca(load_client_ca()?)?;
+                if let Some(path) = config.client_ca_file.clone() {
+                    let serving_tls = serving_tls.clone();
+                    materials.push(Material::new(
+                        "client_ca",
+                        vec![path],
+                        Box::new(move || {
+                            let ca = load_client_ca().map_err(|e| e.to_string())?;
+                            serving_tls.set_client_ca(ca).map_err(|e| e.to_string())
+                        }),
+                    ));
+                }
+                let client = apiserver::client(settings.kubeconfig.as_deref()).await?;
+                csr = Some(CsrIssuer::new(
+                    client,
+                    config.node_name.clone(),
+                    settings.clone(),
+                    provider.clone(),
+                    serving_tls.clone(),
+                    serving_status,
+                    metrics.clone(),
+                ));
+            }
+        }
 
         // Authentication and authorization, with the apiserver if configured.
         let (tokens, webhook) = match &config.apiserver {
@@ -217,6 +261,7 @@ impl Gateway {
         let admin = Arc::new(Admin::new(
             metrics.clone(),
             tls_state,
+            serving_status_updates,
             upstream,
             shutting_down.clone(),
         ));
@@ -229,6 +274,7 @@ impl Gateway {
             admin_addr,
             materials,
             metrics,
+            csr,
             grace: config.shutdown_grace_period,
             shutting_down,
         })
@@ -253,6 +299,9 @@ impl Gateway {
             stop.clone(),
         ));
         let admin = tokio::spawn(self.admin.serve(self.admin_listener, stop.clone()));
+        let csr = self
+            .csr
+            .map(|issuer| tokio::spawn(issuer.run(stop.clone())));
 
         let shutting_down = self.shutting_down.clone();
         let signal = shutdown.clone();
@@ -266,6 +315,9 @@ impl Gateway {
         stop.cancel();
         let _ = reloader.await;
         let _ = admin.await;
+        if let Some(csr) = csr {
+            let _ = csr.await;
+        }
     }
 }
 
@@ -273,20 +325,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
-}
-
-fn load_serving(
-    files: &ServingFiles,
-    options: &TlsOptions,
-    provider: &Arc<CryptoProvider>,
-    metrics: &Metrics,
-) -> Result<Arc<TlsState>, TlsError> {
-    let state = TlsState::load(files, options, provider)?;
-    metrics.set_expiry("serving", state.serving_expires_at);
-    if let Some(ca) = &state.client_ca {
-        metrics.set_expiry("client_ca", ca.expires_at());
-    }
-    Ok(Arc::new(state))
 }
 
 /// The `Authorization` header the gateway sends to the kubelet.

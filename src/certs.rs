@@ -176,6 +176,25 @@ impl Authority {
     }
 }
 
+/// Signs a PEM certificate signing request as a kubelet serving certificate
+/// (server auth, the request's subject and SANs) valid for `lifetime` —
+/// what the `kubernetes.io/kubelet-serving` signer would issue.
+pub fn sign_serving_request(
+    authority: &Authority,
+    csr_pem: &str,
+    lifetime: Duration,
+) -> Result<String, CertsError> {
+    let mut request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    let now = OffsetDateTime::now_utc();
+    request.params.not_before = now - Duration::from_secs(60);
+    request.params.not_after = now + lifetime;
+    request.params.is_ca = IsCa::ExplicitNoCa;
+    request.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    request.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    request.params.use_authority_key_identifier_extension = true;
+    Ok(request.signed_by(&authority.issuer)?.pem())
+}
+
 /// What `kubelet-guard certs dev` makes.
 #[derive(Debug, Clone)]
 pub struct DevCertsRequest {

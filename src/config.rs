@@ -57,6 +57,18 @@ pub enum AuthorizationMode {
     Static,
 }
 
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServingCertSource {
+    /// --tls-cert-file and --tls-private-key-file, reloaded when they change.
+    #[default]
+    File,
+    /// A kubernetes.io/kubelet-serving CertificateSigningRequest, rotated
+    /// before it expires.
+    Csr,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,12 +115,43 @@ pub struct Settings {
     #[serde(default)]
     pub secure_listen_address: Option<SocketAddr>,
 
-    /// Serving certificate (PEM, leaf first). Required.
+    /// Where the serving certificate comes from: file (--tls-cert-file and
+    /// --tls-private-key-file) or csr (requested from the cluster with a
+    /// kubernetes.io/kubelet-serving CertificateSigningRequest) [default: file].
+    #[arg(long, value_name = "SOURCE")]
+    #[serde(default)]
+    pub serving_cert_source: Option<ServingCertSource>,
+
+    /// csr: IP SANs for the serving certificate (repeat, or comma-separate);
+    /// with neither this nor --node-hostname, the Node object's addresses.
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    #[serde(default)]
+    pub node_ip: Option<Vec<IpAddr>>,
+
+    /// csr: DNS SANs for the serving certificate (repeat, or comma-separate).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    #[serde(default)]
+    pub node_hostname: Option<Vec<String>>,
+
+    /// csr: keep the issued key and certificate here, so a restart reuses a
+    /// valid one instead of asking again.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub serving_cert_dir: Option<PathBuf>,
+
+    /// csr: kubeconfig to request the certificate with (e.g. the node's own
+    /// kubelet credentials, so approvers see system:node:<name>)
+    /// [default: --kubeconfig, else the pod's ServiceAccount].
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub csr_kubeconfig: Option<PathBuf>,
+
+    /// Serving certificate (PEM, leaf first). Required with --serving-cert-source=file.
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
     pub tls_cert_file: Option<PathBuf>,
 
-    /// Private key of the serving certificate (PEM). Required.
+    /// Private key of the serving certificate (PEM). Required with --serving-cert-source=file.
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
     pub tls_private_key_file: Option<PathBuf>,
@@ -299,8 +342,7 @@ pub struct AuthorizationSettings {
 pub struct Config {
     pub node_name: String,
     pub listen: SocketAddr,
-    pub tls_cert_file: PathBuf,
-    pub tls_private_key_file: PathBuf,
+    pub serving: Serving,
     pub client_ca_file: Option<PathBuf>,
     pub tls: TlsOptions,
     pub upstream_scheme: Scheme,
@@ -342,6 +384,23 @@ impl Default for Limits {
             http2_max_reset_streams: 20,
         }
     }
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    Files { cert: PathBuf, key: PathBuf },
+    Csr(CsrSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrSettings {
+    /// SANs; both empty means "from the Node object".
+    pub ips: Vec<IpAddr>,
+    pub dns_names: Vec<String>,
+    pub dir: Option<PathBuf>,
+    /// `None`: the pod's ServiceAccount.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// How the gateway uses the apiserver.
@@ -394,6 +453,11 @@ impl Settings {
             config: flags.config.or(self.config),
             node_name: flags.node_name.or(self.node_name),
             secure_listen_address: flags.secure_listen_address.or(self.secure_listen_address),
+            serving_cert_source: flags.serving_cert_source.or(self.serving_cert_source),
+            node_ip: flags.node_ip.or(self.node_ip),
+            node_hostname: flags.node_hostname.or(self.node_hostname),
+            serving_cert_dir: flags.serving_cert_dir.or(self.serving_cert_dir),
+            csr_kubeconfig: flags.csr_kubeconfig.or(self.csr_kubeconfig),
             tls_cert_file: flags.tls_cert_file.or(self.tls_cert_file),
             tls_private_key_file: flags.tls_private_key_file.or(self.tls_private_key_file),
             client_ca_file: flags.client_ca_file.or(self.client_ca_file),
@@ -464,20 +528,51 @@ impl Settings {
         })?;
         check_node_name(&node_name).map_err(|p| invalid("node-name", "nodeName", p))?;
 
-        let tls_cert_file = self.tls_cert_file.ok_or_else(|| {
-            invalid(
-                "tls-cert-file",
-                "tlsCertFile",
-                "required: the serving certificate (PEM)",
-            )
-        })?;
-        let tls_private_key_file = self.tls_private_key_file.ok_or_else(|| {
-            invalid(
-                "tls-private-key-file",
-                "tlsPrivateKeyFile",
-                "required: the serving certificate's key (PEM)",
-            )
-        })?;
+        let serving = match self.serving_cert_source.unwrap_or_default() {
+            ServingCertSource::File => {
+                let cert = self.tls_cert_file.ok_or_else(|| {
+                    invalid(
+                        "tls-cert-file",
+                        "tlsCertFile",
+                        "required: the serving certificate (PEM), or --serving-cert-source=csr",
+                    )
+                })?;
+                let key = self.tls_private_key_file.ok_or_else(|| {
+                    invalid(
+                        "tls-private-key-file",
+                        "tlsPrivateKeyFile",
+                        "required: the serving certificate's key (PEM)",
+                    )
+                })?;
+                Serving::Files { cert, key }
+            }
+            ServingCertSource::Csr => {
+                if self.tls_cert_file.is_some() || self.tls_private_key_file.is_some() {
+                    return Err(invalid(
+                        "serving-cert-source",
+                        "servingCertSource",
+                        "csr requests the serving certificate: drop --tls-cert-file and --tls-private-key-file",
+                    ));
+                }
+                let dns_names = self.node_hostname.unwrap_or_default();
+                if let Some(bad) = dns_names
+                    .iter()
+                    .find(|n| rustls_pki_types::DnsName::try_from(n.as_str()).is_err())
+                {
+                    return Err(invalid(
+                        "node-hostname",
+                        "nodeHostname",
+                        format!("{bad:?} is not a DNS name"),
+                    ));
+                }
+                Serving::Csr(CsrSettings {
+                    ips: self.node_ip.unwrap_or_default(),
+                    dns_names,
+                    dir: self.serving_cert_dir,
+                    kubeconfig: self.csr_kubeconfig.or_else(|| self.kubeconfig.clone()),
+                })
+            }
+        };
 
         let (upstream_scheme, upstream_authority) = parse_upstream(
             self.upstream
@@ -598,8 +693,7 @@ impl Settings {
             listen: self
                 .secure_listen_address
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 10250))),
-            tls_cert_file,
-            tls_private_key_file,
+            serving,
             client_ca_file: self.client_ca_file,
             tls: TlsOptions {
                 min_version: self.tls_min_version.unwrap_or_default(),
@@ -947,6 +1041,39 @@ mod tests {
             ..minimal()
         };
         assert!(error_of(zero).contains("--review-timeout"));
+    }
+
+    #[test]
+    fn csr_mode_takes_no_certificate_files_and_defaults_its_kubeconfig() {
+        let csr = Settings {
+            serving_cert_source: Some(ServingCertSource::Csr),
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            node_ip: Some(vec!["10.0.0.7".parse().unwrap()]),
+            node_hostname: Some(vec!["node-1.example".into()]),
+            kubeconfig: Some("/etc/kubelet-guard/kubeconfig".into()),
+            ..minimal()
+        };
+        let config = csr.clone().validate().unwrap();
+        assert_eq!(
+            config.serving,
+            Serving::Csr(CsrSettings {
+                ips: vec!["10.0.0.7".parse().unwrap()],
+                dns_names: vec!["node-1.example".into()],
+                dir: None,
+                kubeconfig: Some("/etc/kubelet-guard/kubeconfig".into()),
+            })
+        );
+        let with_files = Settings {
+            tls_cert_file: Some("tls.crt".into()),
+            ..csr.clone()
+        };
+        assert!(error_of(with_files).contains("drop --tls-cert-file"));
+        let bad_name = Settings {
+            node_hostname: Some(vec!["not a name".into()]),
+            ..csr
+        };
+        assert!(error_of(bad_name).contains("--node-hostname"));
     }
 
     #[test]

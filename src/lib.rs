@@ -16,6 +16,7 @@ pub mod authz;
 pub mod body;
 pub mod certs;
 pub mod config;
+pub mod csr;
 pub mod demo_kubelet;
 pub mod metrics;
 pub mod pipeline;

@@ -26,6 +26,15 @@ fn main() -> ExitCode {
                     dns_names,
                 },
         } => cli::certs_dev(out, node_name, ips, dns_names),
+        Command::Certs {
+            command:
+                CertsCommand::Sign {
+                    ca_cert,
+                    ca_key,
+                    csr,
+                    duration,
+                },
+        } => cli::certs_sign(&ca_cert, &ca_key, &csr, duration.0),
         Command::Demo { dir, listen } => cli::demo::run(&dir, listen),
     };
     match result {

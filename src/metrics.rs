@@ -60,6 +60,12 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// denied, failed, vanished, request, certificate or apiserver.
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -73,6 +79,8 @@ pub struct Metrics {
     pub relayed_bytes: Family<DirectionLabels, Counter>,
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
     pub reloads: Family<ReloadLabels, Counter>,
+    pub certificate_rotations: Counter,
+    pub csr_failures: Family<ReasonLabels, Counter>,
 }
 
 /// 0.5ms … ~4s: reviews and kubelet answers on loopback are fast; slow
@@ -102,6 +110,8 @@ impl Metrics {
             relayed_bytes: Family::default(),
             certificate_expiry: Family::default(),
             reloads: Family::default(),
+            certificate_rotations: Counter::default(),
+            csr_failures: Family::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -161,6 +171,16 @@ impl Metrics {
             "certificate_reloads",
             "Reloads of certificates and credentials from disk, by result",
             metrics.reloads.clone(),
+        );
+        r.register(
+            "certificate_rotations",
+            "Serving certificates issued through a CertificateSigningRequest (--serving-cert-source=csr)",
+            metrics.certificate_rotations.clone(),
+        );
+        r.register(
+            "csr_failures",
+            "CertificateSigningRequests that did not yield a certificate, by reason",
+            metrics.csr_failures.clone(),
         );
         metrics
     }

@@ -79,7 +79,7 @@ pub enum AuthnError {
 }
 
 pub struct Authenticator {
-    tls: watch::Receiver<Arc<TlsState>>,
+    tls: watch::Receiver<Option<Arc<TlsState>>>,
     /// `None`: `--authentication-token-webhook=false`; tokens are ignored.
     tokens: Option<TokenAuthenticator>,
     anonymous: bool,
@@ -87,7 +87,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(
-        tls: watch::Receiver<Arc<TlsState>>,
+        tls: watch::Receiver<Option<Arc<TlsState>>>,
         tokens: Option<TokenAuthenticator>,
         anonymous: bool,
     ) -> Self {
@@ -104,7 +104,7 @@ impl Authenticator {
         headers: &HeaderMap,
     ) -> Result<Authenticated, AuthnError> {
         if let Some(certificate) = certificate {
-            let client_ca = self.tls.borrow().client_ca.clone();
+            let client_ca = self.tls.borrow().as_ref().and_then(|s| s.client_ca.clone());
             let client_ca = client_ca.ok_or(CertificateError::NoClientCa)?;
             let identity = certificate.authenticate(&client_ca, UnixTime::now())?;
             return Ok(Authenticated {

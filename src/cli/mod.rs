@@ -4,7 +4,8 @@ pub mod demo;
 pub mod explain;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -52,6 +53,23 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
+    /// Sign a certificate signing request (PEM, e.g. from a pending
+    /// kubelet-serving CSR) with a CA, as a serving certificate. For
+    /// development clusters without a signer; prints the certificate.
+    Sign {
+        /// CA certificate (PEM).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// CA key (PEM).
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// The request (PEM); - for stdin.
+        #[arg(long)]
+        csr: PathBuf,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "8760h")]
+        duration: kubelet_guard::config::GoDuration,
+    },
     /// A development CA, a serving certificate for the node, client
     /// certificates for the apiserver, a monitoring identity and the
     /// gateway, and an impostor from another CA. Not for production.
@@ -124,6 +142,29 @@ pub fn certs_dev(
         },
     )?;
     println!("wrote development certificates to {}", out.display());
+    Ok(())
+}
+
+pub fn certs_sign(
+    ca_cert: &Path,
+    ca_key: &Path,
+    csr: &Path,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let read = |path: &Path| -> anyhow::Result<String> {
+        if path == Path::new("-") {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            Ok(text)
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        }
+    };
+    let authority = certs::Authority::from_pem(&read(ca_cert)?, &read(ca_key)?)?;
+    print!(
+        "{}",
+        certs::sign_serving_request(&authority, &read(csr)?, duration)?
+    );
     Ok(())
 }
 

@@ -27,7 +27,7 @@ pub use head_timeout::{HeadClock, HeadTimeout};
 
 pub struct Server {
     listener: TcpListener,
-    tls: watch::Receiver<Arc<TlsState>>,
+    tls: watch::Receiver<Option<Arc<TlsState>>>,
     pipeline: Arc<Pipeline>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -44,7 +44,7 @@ struct Protocols {
 impl Server {
     pub fn new(
         listener: TcpListener,
-        tls: watch::Receiver<Arc<TlsState>>,
+        tls: watch::Receiver<Option<Arc<TlsState>>>,
         pipeline: Arc<Pipeline>,
         limits: Limits,
         metrics: Arc<Metrics>,
@@ -89,7 +89,14 @@ impl Server {
                     continue;
                 }
             };
-            let acceptor = TlsAcceptor::from(self.tls.borrow().server_config.clone());
+            // No serving certificate yet (a CSR not issued): turn the
+            // connection away rather than present something unverifiable.
+            let Some(server_config) = self.tls.borrow().as_ref().map(|s| s.server_config.clone())
+            else {
+                tracing::debug!(%peer, "no serving certificate yet; connection closed");
+                continue;
+            };
+            let acceptor = TlsAcceptor::from(server_config);
             let connection = serve_connection(
                 stream,
                 peer,

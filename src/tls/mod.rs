@@ -21,7 +21,7 @@ pub use client_auth::RequestClientCert;
 pub use client_ca::ClientCa;
 pub use options::{TlsOptions, TlsVersion, crypto_provider};
 pub use pem::{load_certificates, load_certified_key, load_private_key};
-pub use server::{ServingFiles, TlsState};
+pub use server::{ServingCert, ServingFiles, ServingTls, TlsState};
 pub use upstream::{UpstreamTls, upstream_client_config};
 
 /// A certificate, key or TLS setting that cannot be used.
