@@ -137,16 +137,12 @@ pub fn websocket_token(headers: &http::HeaderMap) -> Result<Option<String>, Toke
         return Ok(None);
     }
     let malformed = |why: &str| TokenError::Malformed(why.to_owned());
+    let prefix = crate::proxy::headers::WEBSOCKET_BEARER_PREFIX.as_bytes();
     let mut token = None;
     let mut others = 0;
     for value in headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
-        let value = value
-            .to_str()
-            .map_err(|_| malformed("Sec-WebSocket-Protocol is not text"))?;
-        for protocol in value.split(',').map(str::trim) {
-            let Some(encoded) =
-                protocol.strip_prefix(crate::proxy::headers::WEBSOCKET_BEARER_PREFIX)
-            else {
+        for protocol in crate::proxy::headers::protocol_list(value.as_bytes()) {
+            let Some(encoded) = protocol.strip_prefix(prefix) else {
                 others += 1;
                 continue;
             };

@@ -28,7 +28,7 @@ pub const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(header::UPGRADE)?;
     connection_tokens(headers)
-        .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
         .then(|| upgrade.clone())
 }
 
@@ -64,7 +64,7 @@ pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
     let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP) {
         headers.remove(name);
@@ -91,7 +91,8 @@ fn remove_identity_headers(headers: &mut HeaderMap) {
 }
 
 /// Drops the bearer-token entry from every `Sec-WebSocket-Protocol` value,
-/// keeping the protocols the kubelet needs to pick from.
+/// keeping the protocols the kubelet needs to pick from. Works on bytes: a
+/// value with a non-ASCII byte elsewhere in it must lose its token too.
 fn strip_websocket_bearer(headers: &mut HeaderMap) {
     let name = header::SEC_WEBSOCKET_PROTOCOL;
     if !headers.contains_key(&name) {
@@ -101,19 +102,11 @@ fn strip_websocket_bearer(headers: &mut HeaderMap) {
         .get_all(&name)
         .iter()
         .filter_map(|value| {
-            let Ok(text) = value.to_str() else {
-                return Some(value.clone());
-            };
-            if !text.contains(WEBSOCKET_BEARER_PREFIX) {
-                return Some(value.clone());
-            }
-            let rest: Vec<&str> = text
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty() && !p.starts_with(WEBSOCKET_BEARER_PREFIX))
+            let rest: Vec<&[u8]> = protocol_list(value.as_bytes())
+                .filter(|p| !p.starts_with(WEBSOCKET_BEARER_PREFIX.as_bytes()))
                 .collect();
             (!rest.is_empty())
-                .then(|| HeaderValue::from_str(&rest.join(", ")).ok())
+                .then(|| HeaderValue::from_bytes(&rest.join(&b", "[..])).ok())
                 .flatten()
         })
         .collect();
@@ -121,6 +114,14 @@ fn strip_websocket_bearer(headers: &mut HeaderMap) {
     for value in kept {
         headers.append(&name, value);
     }
+}
+
+/// The comma-separated, trimmed, non-empty entries of a list header value.
+pub fn protocol_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
@@ -140,14 +141,12 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
 }
 
 /// The comma-separated tokens of every `Connection` header.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// Bytes, not text: a non-ASCII byte in one token must not hide the others.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .flat_map(|v| protocol_list(v.as_bytes()))
 }
 
 #[cfg(test)]
@@ -289,6 +288,34 @@ mod tests {
         )]);
         prepare_request(&mut only_token, None, PEER);
         assert!(!only_token.contains_key("sec-websocket-protocol"));
+    }
+
+    #[test]
+    fn a_non_ascii_byte_does_not_shield_the_headers_connection_names() {
+        let mut map = HeaderMap::new();
+        map.insert(
+            "connection",
+            HeaderValue::from_bytes(b"x-odd\xb3, x-hop").unwrap(),
+        );
+        map.insert("x-hop", HeaderValue::from_static("1"));
+        prepare_request(&mut map, None, PEER);
+        assert!(!map.contains_key("x-hop"));
+    }
+
+    #[test]
+    fn a_non_ascii_byte_does_not_shield_a_websocket_token() {
+        // Found by fuzz/headers: to_str() failed on the 0xb3 byte and the
+        // whole value, token included, used to be kept.
+        let mut map = HeaderMap::new();
+        map.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_bytes(
+                b"base64url.bearer.authorization.k8s.io.dG9rZW4\xb34, v4.channel.k8s.io",
+            )
+            .unwrap(),
+        );
+        prepare_request(&mut map, None, PEER);
+        assert_eq!(map["sec-websocket-protocol"], "v4.channel.k8s.io");
     }
 
     #[test]

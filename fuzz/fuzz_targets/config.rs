@@ -1,0 +1,15 @@
+//! The config file: any text is either refused with an error or becomes a
+//! configuration; never a panic.
+#![no_main]
+
+use kubelet_guard::config::Settings;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(settings) = serde_saphyr::from_str::<Settings>(text) {
+        let _ = settings.validate();
+    }
+});
