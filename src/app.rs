@@ -235,6 +235,7 @@ impl Gateway {
             authorizer,
             forwarder,
             metrics: metrics.clone(),
+            log_format: config.log_format,
         });
 
         let listener = bind(config.listen).await?;

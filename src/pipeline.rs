@@ -18,6 +18,7 @@ use crate::authz::attributes::{StreamingAuthz, is_upgrade_endpoint, request_attr
 use crate::authz::path::{PathError, decode_request_path};
 use crate::authz::{Authorizer, Decision};
 use crate::body::{self, Body, Counted};
+use crate::config::LogFormat;
 use crate::metrics::{AuthnLabels, Metrics};
 use crate::proxy::{Forwarder, Relayed, StreamObserver};
 use crate::reject::Rejection;
@@ -38,6 +39,7 @@ pub struct Pipeline {
     pub authorizer: Authorizer,
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
+    pub log_format: LogFormat,
 }
 
 impl Pipeline {
@@ -49,7 +51,12 @@ impl Pipeline {
         if let Some(clock) = &connection.head_clock {
             clock.request_started();
         }
-        let mut record = AccessRecord::new(connection.peer, request.method(), request.uri().path());
+        let mut record = AccessRecord::new(
+            connection.peer,
+            request.method(),
+            request.uri().path(),
+            self.log_format,
+        );
         let bytes_in = Arc::new(AtomicU64::new(0));
         let request =
             request.map(|b| body::boxed(Counted::new(body::boxed(b), bytes_in.clone(), None)));

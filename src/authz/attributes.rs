@@ -111,6 +111,12 @@ impl Subresource {
     }
 }
 
+impl AsRef<str> for Subresource {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl fmt::Display for Subresource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
