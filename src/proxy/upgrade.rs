@@ -8,7 +8,11 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Bytes moved by a finished splice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,26 +77,57 @@ where
 }
 
 /// `tokio::io::copy`, counting as it goes so a direction cut short still
-/// reports what it moved.
+/// reports what it moved, and holding a full-size buffer only while data
+/// flows. Most exec, attach and port-forward sessions sit idle most of the
+/// time; an idle direction waits with the small probe buffer alone, so a
+/// node with thousands of open sessions does not pin 32 KiB for each.
 async fn copy<R, W>(reader: &mut R, writer: &mut W, counter: &AtomicU64) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; COPY_BUFFER];
+    let mut probe = [0u8; PROBE_BUFFER];
+    // Empty (no allocation) while idle.
+    let mut bulk: Vec<u8> = Vec::new();
     loop {
-        let n = reader.read(&mut buffer).await?;
+        let (n, into_bulk) = poll_fn(|cx| {
+            if !bulk.is_empty() {
+                let mut filled = ReadBuf::new(&mut bulk);
+                match Pin::new(&mut *reader).poll_read(cx, &mut filled) {
+                    Poll::Ready(read) => {
+                        return Poll::Ready(read.map(|()| (filled.filled().len(), true)));
+                    }
+                    // Caught up with the sender: give the buffer back while waiting.
+                    Poll::Pending => bulk = Vec::new(),
+                }
+            }
+            let mut filled = ReadBuf::new(&mut probe);
+            Pin::new(&mut *reader)
+                .poll_read(cx, &mut filled)
+                .map(|read| read.map(|()| (filled.filled().len(), false)))
+        })
+        .await?;
         if n == 0 {
             return Ok(());
         }
-        writer.write_all(&buffer[..n]).await?;
+        let data = if into_bulk { &bulk[..n] } else { &probe[..n] };
+        writer.write_all(data).await?;
         writer.flush().await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if !into_bulk && n == PROBE_BUFFER {
+            // A full probe: more is probably waiting.
+            bulk = vec![0u8; COPY_BUFFER];
+        }
     }
 }
 
-/// Read size per direction: a TLS record's worth of plaintext.
+/// Read size per direction while data flows: a TLS record's worth of
+/// plaintext.
 const COPY_BUFFER: usize = 16 * 1024;
+
+/// Read size of an idle direction: room for a keystroke, a SPDY ping or a
+/// WebSocket control frame.
+const PROBE_BUFFER: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -147,6 +182,39 @@ mod tests {
         let mut got = Vec::new();
         caller.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"bye", "and the caller saw its end");
+    }
+
+    #[tokio::test]
+    async fn bursts_and_pauses_arrive_intact_across_buffer_changes() {
+        // Bursts larger than the probe switch to the bulk buffer; pauses in
+        // between give it back. Every byte must arrive, in order.
+        let (caller_end, caller_peer) = duplex(4096);
+        let (kubelet_end, kubelet_peer) = duplex(4096);
+        let splice = tokio::spawn(splice(caller_peer, kubelet_peer, Duration::from_secs(5)));
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let bursts = [1, PROBE_BUFFER, PROBE_BUFFER + 1, 3, 200_000, 5];
+        let kubelet = tokio::spawn(async move {
+            let mut kubelet = kubelet_end;
+            let mut got = Vec::new();
+            kubelet.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut caller = caller_end;
+        let mut offset = 0;
+        for burst in bursts {
+            caller
+                .write_all(&sent[offset..offset + burst])
+                .await
+                .unwrap();
+            offset += burst;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        caller.shutdown().await.unwrap();
+        let got = kubelet.await.unwrap();
+        assert_eq!(got.len(), offset);
+        assert!(got == sent[..offset], "bytes changed or reordered");
+        drop(caller);
+        assert_eq!(splice.await.unwrap().to_kubelet, offset as u64);
     }
 
     #[tokio::test(start_paused = true)]
