@@ -102,9 +102,24 @@ where
                 }
             }
             let mut filled = ReadBuf::new(&mut probe);
-            Pin::new(&mut *reader)
-                .poll_read(cx, &mut filled)
-                .map(|read| read.map(|()| (filled.filled().len(), false)))
+            match Pin::new(&mut *reader).poll_read(cx, &mut filled) {
+                Poll::Ready(Ok(())) if filled.filled().len() == PROBE_BUFFER => {
+                    // A full probe: more is probably waiting. Carry on in a
+                    // full-size buffer, so that a burst leaves as large
+                    // writes rather than a small one first.
+                    bulk = vec![0u8; COPY_BUFFER];
+                    bulk[..PROBE_BUFFER].copy_from_slice(&probe);
+                    let mut rest = ReadBuf::new(&mut bulk[PROBE_BUFFER..]);
+                    let more = match Pin::new(&mut *reader).poll_read(cx, &mut rest) {
+                        Poll::Ready(Ok(())) => rest.filled().len(),
+                        // Nothing more yet, or an error the next read
+                        // reports again: send what arrived.
+                        _ => 0,
+                    };
+                    Poll::Ready(Ok((PROBE_BUFFER + more, true)))
+                }
+                read => read.map(|read| read.map(|()| (filled.filled().len(), false))),
+            }
         })
         .await?;
         if n == 0 {
@@ -114,10 +129,6 @@ where
         writer.write_all(data).await?;
         writer.flush().await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
-        if !into_bulk && n == PROBE_BUFFER {
-            // A full probe: more is probably waiting.
-            bulk = vec![0u8; COPY_BUFFER];
-        }
     }
 }
 
