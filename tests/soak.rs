@@ -16,19 +16,16 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Request;
 use http_body_util::BodyExt;
-use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions, mutual_tls};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions};
 
+use support::binary::Running;
 use support::*;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_kubelet-guard");
 
 /// What a second identical round may add to the RSS the first left behind,
 /// beyond 10%: allocator noise, not connections or streams kept.
@@ -202,39 +199,12 @@ async fn soak() -> i32 {
     let mut kubelet = start_kubelet(&certs, "127.0.0.1:0".parse().unwrap()).await;
     let kubelet_addr = kubelet.addr();
 
-    let d = certs.dir().display();
-    let config = certs.path("soak.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "nodeName: {NODE}\nsecureListenAddress: 127.0.0.1:0\nadminListenAddress: 127.0.0.1:0\n\
-             tlsCertFile: {d}/serving.crt\ntlsPrivateKeyFile: {d}/serving.key\nclientCaFile: {d}/ca.crt\n\
-             upstream: https://{kubelet_addr}\nupstreamCaFile: {d}/ca.crt\n\
-             upstreamClientCertFile: {d}/gateway-client.crt\nupstreamClientKeyFile: {d}/gateway-client.key\n\
-             authorizationMode: Static\nauthenticationTokenWebhook: false\nlogFormat: json\n\
-             authorization:\n  static:\n    - group: system:masters\n      verbs: ['*']\n      subresources: ['*']\n",
-        ),
-    )
-    .unwrap();
-    let mut gateway = tokio::process::Command::new(BINARY)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway binary starts");
-    let mut lines = BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the gateway started");
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-            && json["message"] == "serving"
-        {
-            break json["address"].as_str().unwrap().parse().unwrap();
-        }
-    };
+    let Running {
+        child: mut gateway,
+        addr,
+        mut lines,
+    } = Running::start(&certs, kubelet_addr).await;
+    // Keep reading the log so the gateway never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let pid = gateway.id().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -286,23 +256,11 @@ async fn soak() -> i32 {
 }
 
 async fn start_kubelet(certs: &Certs, addr: SocketAddr) -> DemoKubelet {
-    DemoKubelet::start(
-        addr,
-        DemoKubeletOptions {
-            tls: Some(
-                mutual_tls(
-                    &certs.path("kubelet.crt"),
-                    &certs.path("kubelet.key"),
-                    &certs.path("ca.crt"),
-                )
-                .unwrap(),
-            ),
-            log_interval: Duration::from_millis(10),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+    let options = DemoKubeletOptions {
+        log_interval: Duration::from_millis(10),
+        ..Default::default()
+    };
+    start_tls_kubelet(certs, addr, options).await
 }
 
 /// One round of the plan: every connection's worker to the end, with the

@@ -2,19 +2,14 @@
 //! name the setting, the access log is JSON on stdout without query strings,
 //! and SIGTERM ends it cleanly.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kubelet_guard::config::Settings;
-use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions, mutual_tls};
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions};
 
+use crate::support::binary::{BINARY, Running};
 use crate::support::*;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_kubelet-guard");
 
 fn serve(args: &[&str]) -> (i32, String) {
     let output = std::process::Command::new(BINARY)
@@ -134,94 +129,10 @@ fn configuration_errors_name_the_setting_and_the_fix() {
     }
 }
 
-/// The binary, started as `serve` with dev certificates in front of a
-/// stand-in kubelet, its stdout (JSON log lines) readable.
-struct Running {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Running {
-    async fn start(certs: &Certs, kubelet: SocketAddr) -> Running {
-        let d = certs.dir().display();
-        let config = certs.path("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "nodeName: {NODE}\nsecureListenAddress: 127.0.0.1:0\nadminListenAddress: 127.0.0.1:0\n\
-                 tlsCertFile: {d}/serving.crt\ntlsPrivateKeyFile: {d}/serving.key\nclientCaFile: {d}/ca.crt\n\
-                 upstream: https://{kubelet}\nupstreamCaFile: {d}/ca.crt\n\
-                 upstreamClientCertFile: {d}/gateway-client.crt\nupstreamClientKeyFile: {d}/gateway-client.key\n\
-                 authorizationMode: Static\nauthenticationTokenWebhook: false\nshutdownGracePeriod: 5s\n\
-                 authorization:\n  static:\n    - group: system:masters\n      verbs: ['*']\n      subresources: ['*']\n"
-            ),
-        )
-        .unwrap();
-        let mut child = tokio::process::Command::new(BINARY)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut running = Running {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            lines,
-        };
-        let serving = loop {
-            let line = running.next_json().await;
-            if line["message"] == "serving" {
-                break line;
-            }
-        };
-        running.addr = serving["address"].as_str().unwrap().parse().unwrap();
-        running
-    }
-
-    async fn next_json(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
-            .await
-            .expect("a log line within 10s")
-            .unwrap()
-            .expect("stdout open");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    }
-
-    /// Open file descriptors of the process.
-    fn open_fds(&self) -> usize {
-        let pid = self.child.id().unwrap();
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    }
-}
-
-async fn start_kubelet(certs: &Certs, addr: SocketAddr) -> DemoKubelet {
-    DemoKubelet::start(
-        addr,
-        DemoKubeletOptions {
-            tls: Some(
-                mutual_tls(
-                    &certs.path("kubelet.crt"),
-                    &certs.path("kubelet.key"),
-                    &certs.path("ca.crt"),
-                )
-                .unwrap(),
-            ),
-            log_interval: Duration::from_millis(20),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
     let certs = Certs::new();
-    let kubelet = start_kubelet(&certs, "127.0.0.1:0".parse().unwrap()).await;
+    let kubelet = start_kubelet(&certs).await;
     let mut running = Running::start(&certs, kubelet.addr()).await;
     let addr = running.addr;
     let mut client = Http1::connect(&certs, addr, &apiserver()).await;
@@ -289,7 +200,7 @@ async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_descriptors_return_to_baseline_after_streams_aborts_and_a_dying_kubelet() {
     let certs = Certs::new();
-    let kubelet = start_kubelet(&certs, "127.0.0.1:0".parse().unwrap()).await;
+    let kubelet = start_kubelet(&certs).await;
     let running = Running::start(&certs, kubelet.addr()).await;
     let addr = running.addr;
     // The reloader's inotify and the admin listener come up just after the
@@ -357,4 +268,12 @@ async fn file_descriptors_return_to_baseline_after_streams_aborts_and_a_dying_ku
     println!("file descriptors: {baseline} idle, {busy} under load, {now} after");
 
     assert_eq!(now, baseline, "file descriptors leaked");
+}
+
+async fn start_kubelet(certs: &Certs) -> DemoKubelet {
+    let options = DemoKubeletOptions {
+        log_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    start_tls_kubelet(certs, "127.0.0.1:0".parse().unwrap(), options).await
 }

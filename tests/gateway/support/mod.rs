@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod binary;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -232,23 +233,15 @@ impl Env {
         adjust: impl FnOnce(&Certs, &mut Settings),
     ) -> Env {
         let certs = Certs::new();
-        let kubelet = DemoKubelet::start(
+        let kubelet = start_tls_kubelet(
+            &certs,
             SocketAddr::from(([127, 0, 0, 1], 0)),
             DemoKubeletOptions {
-                tls: Some(
-                    mutual_tls(
-                        &certs.path("kubelet.crt"),
-                        &certs.path("kubelet.key"),
-                        &certs.path("ca.crt"),
-                    )
-                    .unwrap(),
-                ),
                 log_interval: Duration::from_millis(50),
                 ..kubelet_options
             },
         )
-        .await
-        .unwrap();
+        .await;
         let mut settings = gateway_settings(&certs, kubelet.addr());
         let apiserver = if with_apiserver {
             let api = apiserver::FakeApiserver::start(&certs).await;
@@ -345,6 +338,31 @@ impl Env {
 }
 
 /// Gateway settings pointing at a kubelet on `kubelet`, with the dev certs.
+/// The stand-in kubelet on `addr`, behind mutual TLS with the test
+/// certificates (its own serving certificate, clients from the test CA).
+pub async fn start_tls_kubelet(
+    certs: &Certs,
+    addr: SocketAddr,
+    options: DemoKubeletOptions,
+) -> DemoKubelet {
+    DemoKubelet::start(
+        addr,
+        DemoKubeletOptions {
+            tls: Some(
+                mutual_tls(
+                    &certs.path("kubelet.crt"),
+                    &certs.path("kubelet.key"),
+                    &certs.path("ca.crt"),
+                )
+                .unwrap(),
+            ),
+            ..options
+        },
+    )
+    .await
+    .unwrap()
+}
+
 pub fn gateway_settings(certs: &Certs, kubelet: SocketAddr) -> Settings {
     Settings {
         node_name: Some(NODE.into()),
