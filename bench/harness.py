@@ -114,25 +114,21 @@ class Proc:
         return total / CLK_TCK
 
     def rss_kib(self):
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/smaps_rollup") as f:
-                    for line in f:
-                        if line.startswith("Rss:"):
-                            total += int(line.split()[1])
-            except OSError:
-                continue
-        return total
+        return self._sum_kib("smaps_rollup", "Rss:")
 
     def rss_anon_kib(self):
         """Anonymous resident memory (heap, stacks), without the mapped binary."""
+        return self._sum_kib("status", "RssAnon:")
+
+    def _sum_kib(self, proc_file, key):
+        """The `key` line (in kB) of /proc/<pid>/<proc_file>, summed over
+        the process and its children."""
         total = 0
         for pid in self.pids():
             try:
-                with open(f"/proc/{pid}/status") as f:
+                with open(f"/proc/{pid}/{proc_file}") as f:
                     for line in f:
-                        if line.startswith("RssAnon:"):
+                        if line.startswith(key):
                             total += int(line.split()[1])
             except OSError:
                 continue
