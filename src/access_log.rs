@@ -197,8 +197,8 @@ impl AccessRecord {
         };
         match self.format {
             // Formatted here rather than by the tracing subscriber: its
-            // JSON formatter was a third of the gateway's CPU per small
-            // request (bench/RESULTS.md). Same fields, same filter.
+            // JSON formatter was 30% of the gateway's instructions per
+            // small request (bench/PROFILE.md). Same fields, same filter.
             LogFormat::Json => {
                 if tracing::enabled!(target: "access", tracing::Level::INFO) {
                     line.write_json();
