@@ -2,9 +2,13 @@
 //! moment a connection is ready for its next request, so it is really an
 //! idle timeout (and must stay ≥ the kubelet's 90s, or the apiserver's
 //! pooled connections get closed under it). This guard adds the other half:
-//! once the first byte of a request head arrives, the whole head must follow
-//! within `--request-header-timeout`, or the connection is closed. A caller
-//! trickling a header byte by byte (slowloris) cannot hold a connection.
+//! a request head must be complete within `--request-header-timeout` —
+//! counted from its first byte, or, for a connection's first request, from
+//! the moment the connection is ready (Go's `ReadHeaderTimeout`: net/http
+//! `conn.serve` reads the first request at once with that deadline, and
+//! later ones only after `IdleTimeout` has seen their first bytes). A
+//! caller trickling a header byte by byte (slowloris), or connecting and
+//! sending nothing, cannot hold a connection.
 //!
 //! The guard sits between TLS and hyper. It cannot see where a head ends, so
 //! the request pipeline tells it through a shared [`HeadClock`]: a request
@@ -62,12 +66,14 @@ pub struct HeadTimeout<IO> {
 }
 
 impl<IO> HeadTimeout<IO> {
+    /// Guards a new connection: its first head must be complete within
+    /// `limit` from now.
     pub fn new(io: IO, clock: Arc<HeadClock>, limit: Duration) -> Self {
         HeadTimeout {
             io,
             clock,
             limit,
-            deadline: None,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
         }
     }
 }
@@ -155,6 +161,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_new_connection_that_sends_nothing_is_cut_off() {
+        let (_client, server) = duplex(1024);
+        let clock = Arc::new(HeadClock::default());
+        let mut guarded = HeadTimeout::new(server, clock, Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        let error = guarded.read(&mut [0u8; 64]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn idle_connections_and_request_bodies_are_not_timed() {
         let (mut client, server) = duplex(1024);
         let clock = Arc::new(HeadClock::default());
@@ -173,7 +190,8 @@ mod tests {
         assert_eq!(guarded.read(&mut buf).await.unwrap(), 4);
         clock.response_finished();
 
-        // Idle: no bytes, no deadline (hyper's idle timeout handles this).
+        // Idle after a request: no bytes, no deadline (hyper's idle timeout
+        // handles this).
         let read = tokio::time::timeout(Duration::from_secs(600), guarded.read(&mut buf)).await;
         assert!(read.is_err(), "an idle connection is left alone");
     }
