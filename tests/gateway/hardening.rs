@@ -378,3 +378,108 @@ async fn a_caller_vanishing_mid_upload_leaves_nothing_behind() {
     }
     assert_eq!(env.get(&apiserver(), "/pods").await.0, 200, "still serving");
 }
+
+#[tokio::test]
+async fn two_host_fields_over_http2_are_refused_before_authorization() {
+    // Issue 18, input 3: as monitoring (allowed `get nodes/metrics`), an
+    // HTTP/2 request whose `:authority` is 127.0.0.1 with two `host` fields.
+    // It used to reach the kubelet as HTTP/1.1 with both `Host` lines.
+    use crate::support::h2raw::{self, RawH2};
+    let env = Env::start().await;
+    let pseudo = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "127.0.0.1"),
+        (":path", "/metrics"),
+    ];
+    let refused: &[&[(&str, &str)]] = &[
+        &[("host", "127.0.0.1"), ("host", "evil.example")],
+        &[("host", "127.0.0.1"), ("host", "127.0.0.1")],
+        &[("host", "evil.example")],
+    ];
+    for extra in refused {
+        let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &monitoring()).await;
+        let fields: Vec<_> = pseudo.iter().chain(extra.iter()).copied().collect();
+        h2.send(&h2raw::request(1, &fields)).await;
+        let frames = h2.frames_of(1).await;
+        assert_eq!(
+            frames.iter().find_map(|f| f.status()),
+            Some(400),
+            "{extra:?}: {frames:?}"
+        );
+    }
+    // `:authority` with userinfo (RFC 9113 §8.3.1 forbids it).
+    let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &monitoring()).await;
+    h2.send(&h2raw::request(
+        1,
+        &[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "admin@127.0.0.1"),
+            (":path", "/metrics"),
+        ],
+    ))
+    .await;
+    let frames = h2.frames_of(1).await;
+    let status = frames.iter().find_map(|f| f.status());
+    let reset = frames.iter().any(|f| f.kind == h2raw::RST_STREAM);
+    assert!(status == Some(400) || reset, "{frames:?}");
+    assert!(
+        env.kubelet_saw().is_empty(),
+        "forwarded: {:?}",
+        env.kubelet_saw()
+    );
+
+    // One `host` that agrees with `:authority`: forwarded with one Host.
+    let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &monitoring()).await;
+    let fields: Vec<_> = pseudo
+        .iter()
+        .copied()
+        .chain([("host", "127.0.0.1")])
+        .collect();
+    h2.send(&h2raw::request(1, &fields)).await;
+    let frames = h2.frames_of(1).await;
+    assert_eq!(
+        frames.iter().find_map(|f| f.status()),
+        Some(200),
+        "{frames:?}"
+    );
+    let saw = env.kubelet_saw();
+    assert_eq!(saw.len(), 1);
+    let hosts: Vec<_> = saw[0].headers.get_all("host").iter().collect();
+    assert_eq!(hosts, ["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn every_http1_version_forwards_exactly_one_well_formed_host() {
+    let env = Env::start().await;
+    for (name, raw) in [
+        (
+            "HTTP/1.0, two Hosts",
+            &b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"[..],
+        ),
+        (
+            "HTTP/1.1, Host with userinfo",
+            b"GET /metrics HTTP/1.1\r\nHost: admin@127.0.0.1\r\n\r\n",
+        ),
+        (
+            "HTTP/1.1, Host with a path",
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1/pods\r\n\r\n",
+        ),
+        (
+            "HTTP/1.0, absolute-form",
+            b"GET https://127.0.0.1/metrics HTTP/1.0\r\n\r\n",
+        ),
+    ] {
+        assert_eq!(raw_status(&env, raw).await, 400, "{name}");
+    }
+    assert!(env.kubelet_saw().is_empty(), "{:?}", env.kubelet_saw());
+
+    // HTTP/1.0 without a Host: the kubelet still gets exactly one.
+    assert_eq!(
+        raw_status(&env, b"GET /metrics HTTP/1.0\r\n\r\n").await,
+        200
+    );
+    let saw = env.kubelet_saw();
+    assert_eq!(saw[0].headers.get_all("host").iter().count(), 1, "{saw:?}");
+}
