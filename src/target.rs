@@ -15,6 +15,13 @@
 //! - A `Host` must be a well-formed `host[:port]` (Go answers 400 to a
 //!   malformed one: net/http `httpguts.ValidHostHeader`).
 //!
+//! - HTTP/1.x: not both `Content-Length` and `Transfer-Encoding`. RFC 9112
+//!   §6.3 lets a server process such a request by `Transfer-Encoding` or
+//!   reject it; Go's net/http (and so the kubelet) rejects it with 400, and
+//!   so does the gateway — the kubelet never sees a request whose length
+//!   two parsers could read two ways. The connection is closed after the
+//!   answer (same section: the server MUST close it).
+//!
 //! The authority forwarded is then the single `Host`, else `:authority`,
 //! else — a caller that named none (HTTP/1.0, HTTP/2 without `:authority`)
 //! — the kubelet's own address, as the upstream client writes it.
@@ -25,6 +32,12 @@ use http::{HeaderMap, Request, Uri, Version, header};
 use crate::authz::path::PathError;
 use crate::reject::Rejection;
 
+/// Marks a request whose head carried both `Content-Length` and
+/// `Transfer-Encoding`, set by the server, which saw the head before hyper
+/// dropped `Content-Length` (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
 /// The path and query exactly as the caller sent them, once the request's
 /// shape is unambiguous.
 pub fn request_target<B>(request: &Request<B>) -> Result<PathAndQuery, Rejection> {
@@ -33,6 +46,14 @@ pub fn request_target<B>(request: &Request<B>) -> Result<PathAndQuery, Rejection
         return Err(Rejection::AbsoluteForm);
     }
     check_authority(request.version(), uri, request.headers()).map_err(Rejection::BadHost)?;
+    let headers = request.headers();
+    let both = headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key(header::TRANSFER_ENCODING);
+    if both || request.extensions().get::<AmbiguousFraming>().is_some() {
+        return Err(Rejection::BadFraming(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
     uri.path_and_query()
         .cloned()
         .ok_or(Rejection::BadPath(PathError::NotAbsolute))
@@ -110,6 +131,24 @@ mod tests {
             );
         }
         assert!(target(V::HTTP_11, "https://a/pods", &["a"]).is_err());
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused() {
+        let request = Request::post("/run/a/b/c")
+            .header(header::HOST, "a")
+            .header(header::CONTENT_LENGTH, "4")
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .body(())
+            .unwrap();
+        let refused = request_target(&request).unwrap_err();
+        assert_eq!(
+            refused.body(),
+            "Bad Request: both Content-Length and Transfer-Encoding"
+        );
+        let response = refused.into_response();
+        assert_eq!(response.status(), 400);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::authn::ClientCertificate;
 use crate::body::{self, Body, BoxError};
 use crate::config::Limits;
 use crate::pipeline::{Connection, Pipeline};
+use crate::target::AmbiguousFraming;
 
 /// How long an HTTP/2 connection closed for idleness may take to finish
 /// after its GOAWAY: Go's `goAwayTimeout` (`x/net/http2`). A client that
@@ -151,11 +152,15 @@ pub async fn serve(
             client_certificate,
             head_clock: Some(clock.clone()),
         });
-        let service = service_fn(move |request| {
+        let framing = clock.clone();
+        let service = service_fn(move |mut request: http::Request<Incoming>| {
+            if framing.take_ambiguous_framing() {
+                request.extensions_mut().insert(AmbiguousFraming);
+            }
             let (pipeline, connection) = (pipeline.clone(), connection.clone());
             async move { Ok::<_, Infallible>(pipeline.handle(&connection, request).await) }
         });
-        let io = HeadTimeout::new(io, clock, limits.request_header_timeout);
+        let io = HeadTimeout::new(io, clock.clone(), limits.request_header_timeout);
         let conn = protocols
             .http1
             .serve_connection(TokioIo::new(io), service)

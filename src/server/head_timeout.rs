@@ -18,12 +18,14 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+use super::framing::HeadScan;
 
 const IDLE: u8 = 0;
 const IN_REQUEST: u8 = 1;
@@ -31,7 +33,7 @@ const UPGRADED: u8 = 2;
 
 /// Where an HTTP/1.1 connection is, as far as request heads go.
 #[derive(Debug, Default)]
-pub struct HeadClock(AtomicU8);
+pub struct HeadClock(AtomicU8, AtomicBool);
 
 impl HeadClock {
     /// The head was parsed and handed to the pipeline.
@@ -53,6 +55,12 @@ impl HeadClock {
         self.0.store(UPGRADED, Ordering::Release);
     }
 
+    /// Whether the head just parsed carried both `Content-Length` and
+    /// `Transfer-Encoding` (see [`HeadScan`]); reading it clears it.
+    pub fn take_ambiguous_framing(&self) -> bool {
+        self.1.swap(false, Ordering::AcqRel)
+    }
+
     fn idle(&self) -> bool {
         self.0.load(Ordering::Acquire) == IDLE
     }
@@ -63,6 +71,8 @@ pub struct HeadTimeout<IO> {
     clock: Arc<HeadClock>,
     limit: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The framing scan of the head being read, while idle.
+    scan: Option<HeadScan>,
 }
 
 impl<IO> HeadTimeout<IO> {
@@ -74,6 +84,7 @@ impl<IO> HeadTimeout<IO> {
             clock,
             limit,
             deadline: Some(Box::pin(tokio::time::sleep(limit))),
+            scan: None,
         }
     }
 }
@@ -87,6 +98,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadTimeout<IO> {
         let idle = self.clock.idle();
         if !idle {
             self.deadline = None;
+            self.scan = None;
         } else if let Some(deadline) = self.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
@@ -99,6 +111,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadTimeout<IO> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         let got_bytes = buf.filled().len() > before;
+        if idle && got_bytes {
+            let this = &mut *self;
+            let scan = this.scan.get_or_insert_with(HeadScan::new);
+            if let Some(ambiguous) = scan.feed(&buf.filled()[before..]) {
+                this.clock.1.store(ambiguous, Ordering::Release);
+            }
+        }
         if idle && got_bytes && self.deadline.is_none() {
             let mut deadline = Box::pin(tokio::time::sleep(self.limit));
             // Register the waker so the deadline fires even if no more bytes come.

@@ -5,6 +5,7 @@
 //! cannot be held by peers that send nothing.
 
 mod connection;
+mod framing;
 mod head_timeout;
 mod preface;
 mod streams;

@@ -20,6 +20,7 @@ pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
+pub const CONTINUATION: u8 = 0x9;
 pub const END_STREAM: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 pub const ACK: u8 = 0x1;
@@ -68,13 +69,43 @@ impl Frame {
             0x8d => Some(404),
             0x8e => Some(500),
             // Literal, name = static index 8 (:status), with or without
-            // indexing; value length 3, not Huffman coded.
-            0x48 | 0x08 | 0x18 if self.payload.get(1) == Some(&3) => {
-                std::str::from_utf8(&self.payload[2..5]).ok()?.parse().ok()
-            }
+            // indexing; value of 3 digits, plain or Huffman coded.
+            0x48 | 0x08 | 0x18 => match *self.payload.get(1)? {
+                3 => std::str::from_utf8(self.payload.get(2..5)?)
+                    .ok()?
+                    .parse()
+                    .ok(),
+                0x80..=0x83 => huffman_digits(self.payload.get(2..)?, 3),
+                _ => None,
+            },
             _ => None,
         }
     }
+}
+
+/// Decodes `n` HPACK-Huffman-coded decimal digits (RFC 7541 Appendix B:
+/// `0`-`2` are `000` + 2 bits, `3`-`9` are `011` + 3 bits).
+fn huffman_digits(bytes: &[u8], n: usize) -> Option<u16> {
+    let bit = |i: usize| Some((bytes.get(i / 8)? >> (7 - i % 8)) & 1);
+    let bits = |at: usize, len: usize| -> Option<u16> {
+        (at..at + len).try_fold(0u16, |acc, i| Some((acc << 1) | u16::from(bit(i)?)))
+    };
+    let (mut at, mut value) = (0, 0u16);
+    for _ in 0..n {
+        let digit = match bits(at, 3)? {
+            0b000 => {
+                at += 5;
+                bits(at - 2, 2)?
+            }
+            0b011 => {
+                at += 6;
+                2 + bits(at - 3, 3)?
+            }
+            _ => return None,
+        };
+        value = value * 10 + digit;
+    }
+    Some(value)
 }
 
 pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -115,14 +146,28 @@ pub fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// A HEADERS frame for `fields` on `stream`, ending the stream.
+/// A HEADERS frame for `fields` on `stream`, ending the stream; a block
+/// larger than the default 16 KiB frame size continues in CONTINUATION
+/// frames (RFC 9113 §6.10).
 pub fn request(stream: u32, fields: &[(&str, &str)]) -> Vec<u8> {
-    frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        stream,
-        &header_block(fields),
-    )
+    let block = header_block(fields);
+    let mut chunks = block.chunks(16_384).peekable();
+    let mut out = Vec::new();
+    let mut first = true;
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let (kind, mut flags) = if first {
+            (HEADERS, END_STREAM)
+        } else {
+            (CONTINUATION, 0)
+        };
+        if last {
+            flags |= END_HEADERS;
+        }
+        out.extend(frame(kind, flags, stream, chunk));
+        first = false;
+    }
+    out
 }
 
 pub fn get(stream: u32, path: &str) -> Vec<u8> {
