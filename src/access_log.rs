@@ -75,9 +75,10 @@ impl AccessRecord {
     pub fn refused(&mut self, rejection: &Rejection) {
         self.decision = match rejection {
             Rejection::Unauthorized(_) => "unauthenticated",
-            Rejection::BadPath(_) | Rejection::AbsoluteForm | Rejection::BadHost(_) => {
-                "bad_request"
-            }
+            Rejection::BadPath(_)
+            | Rejection::AbsoluteForm
+            | Rejection::BadHost(_)
+            | Rejection::BadFraming(_) => "bad_request",
             Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::Forbidden { .. } => "denied",
             Rejection::AuthorizationError { .. } => "error",

@@ -290,14 +290,17 @@ pub struct Settings {
     #[serde(default)]
     pub tls_handshake_timeout: Option<GoDuration>,
 
-    /// HTTP/1.1: once a request head has started arriving, it must be
-    /// complete within this (slow-header protection) [default: 10s].
+    /// Once a request head has started arriving, it must be complete
+    /// within this (slow-header protection); a new connection's first head
+    /// (HTTP/1.1) or preface (HTTP/2) within this of the handshake, like
+    /// Go's ReadHeaderTimeout and HTTP/2 preface timeout [default: 10s].
     #[arg(long, value_name = "DURATION")]
     #[serde(default)]
     pub request_header_timeout: Option<GoDuration>,
 
-    /// HTTP/1.1: a kept-alive connection with no request for this long is
-    /// closed; at least the kubelet's 90s [default: 90s].
+    /// A kept-alive HTTP/1.1 connection with no request, or an HTTP/2
+    /// connection with no open stream (PINGs do not count), for this long
+    /// is closed; at least the kubelet's 90s [default: 90s].
     #[arg(long, value_name = "DURATION")]
     #[serde(default)]
     pub idle_timeout: Option<GoDuration>,

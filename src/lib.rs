@@ -3,9 +3,10 @@
 //! allows to the kubelet on loopback.
 //!
 //! The modules follow the request: [`server`] accepts TLS connections, the
-//! [`pipeline`] runs each request through [`authn`], [`authz`] and
-//! [`proxy`]; [`tls`] holds every certificate concern, [`config`] turns flags
-//! and the config file into a [`config::Config`], and [`app`] assembles it all.
+//! [`pipeline`] runs each request through [`authn`], [`target`] (one path,
+//! one authority), [`authz`] and [`proxy`]; [`tls`] holds every certificate
+//! concern, [`config`] turns flags and the config file into a
+//! [`config::Config`], and [`app`] assembles it all.
 
 pub mod access_log;
 pub mod admin;
@@ -23,4 +24,5 @@ pub mod pipeline;
 pub mod proxy;
 pub mod reject;
 pub mod server;
+pub mod target;
 pub mod tls;

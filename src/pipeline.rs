@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
 use crate::authn::{Authenticated, Authenticator, AuthnError, ClientCertificate};
 use crate::authz::attributes::{StreamingAuthz, is_upgrade_endpoint, request_attributes};
-use crate::authz::path::{PathError, decode_request_path};
+use crate::authz::path::decode_request_path;
 use crate::authz::{Authorizer, Decision};
 use crate::body::{self, Body, Counted};
 use crate::config::LogFormat;
@@ -23,6 +22,7 @@ use crate::metrics::{AuthnLabels, Metrics};
 use crate::proxy::{Forwarder, Relayed, StreamObserver};
 use crate::reject::Rejection;
 use crate::server::HeadClock;
+use crate::target::request_target;
 
 /// What the server knows about the connection a request arrived on.
 pub struct Connection {
@@ -198,36 +198,4 @@ impl StreamObserver for StreamLog {
         self.metrics.upgraded_streams.dec();
         self.record.stream_closed(&outcome, &self.metrics);
     }
-}
-
-/// The path and query exactly as the caller sent them, once the request's
-/// shape is unambiguous:
-/// - HTTP/1 absolute-form (`GET https://host/pods`) is a proxy request no
-///   apiserver sends; refusing it keeps one spelling per request;
-/// - HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2; Go, and so the
-///   kubelet, refuses the rest);
-/// - HTTP/2 `:authority` and a `Host` header must agree (RFC 9113 §8.3.1).
-fn request_target(request: &Request<Body>) -> Result<PathAndQuery, Rejection> {
-    let uri = request.uri();
-    let hosts = request.headers().get_all(http::header::HOST).iter().count();
-    if request.version() < Version::HTTP_2 && uri.scheme().is_some() {
-        return Err(Rejection::AbsoluteForm);
-    }
-    if request.version() == Version::HTTP_11 && hosts != 1 {
-        return Err(Rejection::BadHost(if hosts == 0 {
-            "missing Host header"
-        } else {
-            "more than one Host header"
-        }));
-    }
-    if request.version() == Version::HTTP_2
-        && let (Some(authority), Some(host)) =
-            (uri.authority(), request.headers().get(http::header::HOST))
-        && authority.as_str().as_bytes() != host.as_bytes()
-    {
-        return Err(Rejection::BadHost(":authority and Host disagree"));
-    }
-    uri.path_and_query()
-        .cloned()
-        .ok_or(Rejection::BadPath(PathError::NotAbsolute))
 }

@@ -19,6 +19,10 @@ pub enum Rejection {
     AbsoluteForm,
     #[error("bad request: {0}")]
     BadHost(&'static str),
+    /// The body's length is ambiguous; the connection is closed after the
+    /// answer.
+    #[error("bad request: {0}")]
+    BadFraming(&'static str),
     #[error("unauthenticated: {0}")]
     Unauthorized(#[from] AuthnError),
     #[error("{0}")]
@@ -42,9 +46,10 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::BadPath(_) | Rejection::AbsoluteForm | Rejection::BadHost(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Rejection::BadPath(_)
+            | Rejection::AbsoluteForm
+            | Rejection::BadHost(_)
+            | Rejection::BadFraming(_) => StatusCode::BAD_REQUEST,
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             // The kubelet answers 500; a refusal the caller may retry is a
@@ -64,7 +69,7 @@ impl Rejection {
             Rejection::AbsoluteForm => {
                 "Bad Request: absolute-form request targets are not accepted".into()
             }
-            Rejection::BadHost(why) => format!("Bad Request: {why}"),
+            Rejection::BadHost(why) | Rejection::BadFraming(why) => format!("Bad Request: {why}"),
             Rejection::Unauthorized(_) => "Unauthorized".into(),
             Rejection::MethodNotAllowed(e) => format!("Method Not Allowed: {e}"),
             Rejection::Forbidden {
@@ -99,6 +104,12 @@ impl Rejection {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
+        // RFC 9112 §6.3: after refusing a request with both Content-Length
+        // and Transfer-Encoding "the server MUST close the connection", as
+        // Go's net/http does; bytes after it cannot be trusted as a request.
+        if let Rejection::BadFraming(_) = self {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Rejection::MethodNotAllowed(_) = self {
             headers.insert(
                 header::ALLOW,

@@ -1,28 +1,31 @@
 //! The front door: accept TCP, complete the TLS handshake, serve HTTP/2 or
 //! HTTP/1.1 (as ALPN chose) on the connection, hand every request to the
-//! [`Pipeline`], and on shutdown stop accepting and drain.
+//! [`Pipeline`], and on shutdown stop accepting and drain. Each connection
+//! state has a timer ([`connection`] lists them), so `--max-connections`
+//! cannot be held by peers that send nothing.
 
+mod connection;
+mod framing;
 mod head_timeout;
+mod preface;
+mod streams;
+mod tls_io;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::authn::ClientCertificate;
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::pipeline::{Connection, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::tls::TlsState;
+use connection::{Closing, Protocols};
 pub use head_timeout::{HeadClock, HeadTimeout};
 
 pub struct Server {
@@ -31,14 +34,6 @@ pub struct Server {
     pipeline: Arc<Pipeline>,
     limits: Limits,
     metrics: Arc<Metrics>,
-}
-
-/// The HTTP settings for each protocol, built once.
-#[derive(Clone)]
-struct Protocols {
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
-    request_header_timeout: Duration,
 }
 
 impl Server {
@@ -65,8 +60,9 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
     /// in-flight requests and upgraded streams run for `grace`, and returns.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let protocols = self.protocols();
-        let graceful = GracefulShutdown::new();
+        let protocols = Arc::new(Protocols::new(&self.limits));
+        let connections = TaskTracker::new();
+        let close_now = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(self.limits.max_connections));
 
         loop {
@@ -96,19 +92,20 @@ impl Server {
                 tracing::debug!(%peer, "no serving certificate yet; connection closed");
                 continue;
             };
-            let acceptor = TlsAcceptor::from(server_config);
-            let connection = serve_connection(
+            let connection = connection::serve(
                 stream,
                 peer,
-                acceptor,
-                self.limits.tls_handshake_timeout,
+                TlsAcceptor::from(server_config),
                 protocols.clone(),
                 self.pipeline.clone(),
-                graceful.watcher(),
+                Closing {
+                    graceful: shutdown.clone(),
+                    now: close_now.clone(),
+                },
             );
             let metrics = self.metrics.clone();
             metrics.connections.inc();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 connection.await;
                 metrics.connections.dec();
                 drop(permit);
@@ -118,54 +115,31 @@ impl Server {
             listener, pipeline, ..
         } = self;
         drop(listener);
-        drain(&pipeline, graceful, grace).await;
-    }
-
-    fn protocols(&self) -> Protocols {
-        let limits = &self.limits;
-        let mut http1 = auto::Builder::new(TokioExecutor::new()).http1_only();
-        http1
-            .http1()
-            .timer(TokioTimer::new())
-            // Runs from the moment the connection is ready for a request, so
-            // this is the idle timeout; HeadTimeout guards slow heads.
-            .header_read_timeout(limits.idle_timeout)
-            .max_buf_size(limits.max_request_header_bytes);
-        let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
-        http2
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.http2_max_concurrent_streams)
-            .max_header_list_size(
-                u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
-            )
-            // CVE-2023-44487: streams reset before they are accepted count
-            // against this; past it the connection is closed.
-            .max_pending_accept_reset_streams(limits.http2_max_reset_streams)
-            .max_local_error_reset_streams(1024)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20));
-        Protocols {
-            http1,
-            http2,
-            request_header_timeout: limits.request_header_timeout,
-        }
+        drain(&pipeline, &connections, &close_now, grace).await;
     }
 }
 
-/// Waits for in-flight requests, then for upgraded streams, both bounded by
-/// `grace`; streams still open then are closed.
-async fn drain(pipeline: &Pipeline, graceful: GracefulShutdown, grace: Duration) {
+/// Waits for in-flight requests (every connection was told to finish when
+/// `shutdown` was cancelled), then for upgraded streams, both bounded by
+/// `grace`; what is still open then is closed.
+async fn drain(
+    pipeline: &Pipeline,
+    connections: &TaskTracker,
+    close_now: &CancellationToken,
+    grace: Duration,
+) {
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(
         grace_secs = grace.as_secs_f64(),
         "shutting down: no new connections"
     );
-    if tokio::time::timeout_at(deadline, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout_at(deadline, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!("in-flight requests still running at the end of the grace period");
+        close_now.cancel();
     }
     let streams = pipeline.forwarder.streams();
     streams.close();
@@ -180,67 +154,6 @@ async fn drain(pipeline: &Pipeline, graceful: GracefulShutdown, grace: Duration)
         pipeline.forwarder.cancel_streams();
         streams.wait().await;
     }
+    connections.wait().await;
     tracing::info!("shutdown complete");
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
-    protocols: Protocols,
-    pipeline: Arc<Pipeline>,
-    watcher: Watcher,
-) {
-    let _ = stream.set_nodelay(true);
-    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let session = &tls.get_ref().1;
-    let chain = session
-        .peer_certificates()
-        .map(<[_]>::to_vec)
-        .unwrap_or_default();
-    // HTTP/2 over TLS needs ALPN (RFC 9113 §3.2); everything else is HTTP/1.1.
-    let http2 = session.alpn_protocol() == Some(b"h2");
-    let head_clock = (!http2).then(|| Arc::new(HeadClock::default()));
-    let connection = Arc::new(Connection {
-        peer,
-        client_certificate: ClientCertificate::new(chain),
-        head_clock: head_clock.clone(),
-    });
-
-    let service = service_fn(move |request| {
-        let pipeline = pipeline.clone();
-        let connection = connection.clone();
-        async move { Ok::<_, Infallible>(pipeline.handle(&connection, request).await) }
-    });
-    let result = match head_clock {
-        None => {
-            let conn = protocols
-                .http2
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .into_owned();
-            watcher.watch(conn).await
-        }
-        Some(clock) => {
-            let io = HeadTimeout::new(tls, clock, protocols.request_header_timeout);
-            let conn = protocols
-                .http1
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .into_owned();
-            watcher.watch(conn).await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "connection ended with an error");
-    }
 }

@@ -77,9 +77,69 @@ async fn content_length_and_transfer_encoding_together_cannot_smuggle_a_request(
         saw.iter().all(|r| !r.target.starts_with("/exec")),
         "a smuggled exec reached the kubelet: {saw:?}"
     );
-    // monitoring may not create: the POST is refused, and nothing is forwarded.
-    assert_eq!(first.map(|h| h.status), Some(403));
+    // Refused for its framing (kubelet parity: Go answers 400), before
+    // authorization, and the connection is closed after the answer.
+    let first = first.expect("an answer");
+    assert_eq!(first.status, 400);
+    assert_eq!(first.header("connection"), Some("close"));
     assert!(saw.is_empty(), "{saw:?}");
+    let mut rest = first.rest;
+    rest.extend(conn.read_to_end().await);
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1"),
+        "a second answer on the same connection: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_never_reaches_the_kubelet() {
+    // Issue 18, "Also": as a caller allowed to POST, a body framed both
+    // ways used to be forwarded with Transfer-Encoding winning.
+    let env = Env::start().await;
+    let mut conn = env.raw(&apiserver()).await;
+    conn.write(
+        b"POST /run/default/demo/app HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let head = conn.read_head().await.expect("an answer");
+    assert_eq!(head.status, 400);
+    let mut rest = head.rest;
+    rest.extend(conn.read_to_end().await);
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "Bad Request: both Content-Length and Transfer-Encoding",
+        "the body, then the connection closed"
+    );
+    assert!(env.kubelet_saw().is_empty(), "{:?}", env.kubelet_saw());
+}
+
+#[tokio::test]
+async fn request_targets_up_to_64_kib_pass_and_longer_ones_are_refused() {
+    // The `http` crate's URI type, which hyper and h2 parse every request
+    // target into, holds at most 65,534 bytes; the kubelet takes heads up
+    // to 1 MiB. The limit is listed in the README's refusal table.
+    use crate::support::h2raw::{self, RawH2};
+    let env = Env::start().await;
+    let target = |len: usize| format!("/pods?x={}", "a".repeat(len - 8));
+    let longest = target(65_534);
+    let raw = format!("GET {longest} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(raw_status(&env, raw.as_bytes()).await, 200);
+    assert_eq!(env.kubelet_saw()[0].target.len(), 65_534);
+
+    let too_long = target(65_535);
+    let raw = format!("GET {too_long} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(raw_status(&env, raw.as_bytes()).await, 414);
+    let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &apiserver()).await;
+    h2.send(&h2raw::get(1, &too_long)).await;
+    let frames = h2.frames_of(1).await;
+    let refused = frames
+        .iter()
+        .any(|f| f.kind == h2raw::RST_STREAM || f.kind == h2raw::GOAWAY)
+        || frames.iter().any(|f| f.status().is_some_and(|s| s >= 400));
+    assert!(refused, "{frames:?}");
+    assert_eq!(env.kubelet_saw().len(), 1, "only the 65,534-byte target");
 }
 
 #[tokio::test]
@@ -377,4 +437,109 @@ async fn a_caller_vanishing_mid_upload_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(env.get(&apiserver(), "/pods").await.0, 200, "still serving");
+}
+
+#[tokio::test]
+async fn two_host_fields_over_http2_are_refused_before_authorization() {
+    // Issue 18, input 3: as monitoring (allowed `get nodes/metrics`), an
+    // HTTP/2 request whose `:authority` is 127.0.0.1 with two `host` fields.
+    // It used to reach the kubelet as HTTP/1.1 with both `Host` lines.
+    use crate::support::h2raw::{self, RawH2};
+    let env = Env::start().await;
+    let pseudo = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "127.0.0.1"),
+        (":path", "/metrics"),
+    ];
+    let refused: &[&[(&str, &str)]] = &[
+        &[("host", "127.0.0.1"), ("host", "evil.example")],
+        &[("host", "127.0.0.1"), ("host", "127.0.0.1")],
+        &[("host", "evil.example")],
+    ];
+    for extra in refused {
+        let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &monitoring()).await;
+        let fields: Vec<_> = pseudo.iter().chain(extra.iter()).copied().collect();
+        h2.send(&h2raw::request(1, &fields)).await;
+        let frames = h2.frames_of(1).await;
+        assert_eq!(
+            frames.iter().find_map(|f| f.status()),
+            Some(400),
+            "{extra:?}: {frames:?}"
+        );
+    }
+    // `:authority` with userinfo (RFC 9113 §8.3.1 forbids it).
+    let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &monitoring()).await;
+    h2.send(&h2raw::request(
+        1,
+        &[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "admin@127.0.0.1"),
+            (":path", "/metrics"),
+        ],
+    ))
+    .await;
+    let frames = h2.frames_of(1).await;
+    let status = frames.iter().find_map(|f| f.status());
+    let reset = frames.iter().any(|f| f.kind == h2raw::RST_STREAM);
+    assert!(status == Some(400) || reset, "{frames:?}");
+    assert!(
+        env.kubelet_saw().is_empty(),
+        "forwarded: {:?}",
+        env.kubelet_saw()
+    );
+
+    // One `host` that agrees with `:authority`: forwarded with one Host.
+    let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &monitoring()).await;
+    let fields: Vec<_> = pseudo
+        .iter()
+        .copied()
+        .chain([("host", "127.0.0.1")])
+        .collect();
+    h2.send(&h2raw::request(1, &fields)).await;
+    let frames = h2.frames_of(1).await;
+    assert_eq!(
+        frames.iter().find_map(|f| f.status()),
+        Some(200),
+        "{frames:?}"
+    );
+    let saw = env.kubelet_saw();
+    assert_eq!(saw.len(), 1);
+    let hosts: Vec<_> = saw[0].headers.get_all("host").iter().collect();
+    assert_eq!(hosts, ["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn every_http1_version_forwards_exactly_one_well_formed_host() {
+    let env = Env::start().await;
+    for (name, raw) in [
+        (
+            "HTTP/1.0, two Hosts",
+            &b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"[..],
+        ),
+        (
+            "HTTP/1.1, Host with userinfo",
+            b"GET /metrics HTTP/1.1\r\nHost: admin@127.0.0.1\r\n\r\n",
+        ),
+        (
+            "HTTP/1.1, Host with a path",
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1/pods\r\n\r\n",
+        ),
+        (
+            "HTTP/1.0, absolute-form",
+            b"GET https://127.0.0.1/metrics HTTP/1.0\r\n\r\n",
+        ),
+    ] {
+        assert_eq!(raw_status(&env, raw).await, 400, "{name}");
+    }
+    assert!(env.kubelet_saw().is_empty(), "{:?}", env.kubelet_saw());
+
+    // HTTP/1.0 without a Host: the kubelet still gets exactly one.
+    assert_eq!(
+        raw_status(&env, b"GET /metrics HTTP/1.0\r\n\r\n").await,
+        200
+    );
+    let saw = env.kubelet_saw();
+    assert_eq!(saw[0].headers.get_all("host").iter().count(), 1, "{saw:?}");
 }

@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod binary;
+pub mod h2raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
