@@ -99,6 +99,11 @@ impl Rejection {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
+        if let Rejection::BadGateway(ProxyError::UpgradeNotSwitched(_)) = self {
+            // The connection's state after a failed upgrade is not trusted
+            // (`proxy::upgrade_answer`): this answer is its last.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Rejection::MethodNotAllowed(_) = self {
             headers.insert(
                 header::ALLOW,

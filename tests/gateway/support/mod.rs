@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod binary;
+pub mod scripted;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
