@@ -23,6 +23,7 @@ use crate::authz::{Authorizer, Webhook};
 use crate::config::Config;
 use crate::config::Serving;
 use crate::csr::CsrIssuer;
+use crate::fault::{self, FailureReporter};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
@@ -152,6 +153,7 @@ impl Gateway {
         let (tokens, webhook) = match &config.apiserver {
             Some(apiserver) => {
                 let client = apiserver::client(apiserver.kubeconfig.as_deref()).await?;
+                let failures = Arc::new(FailureReporter::new(metrics.clone(), fault::WARN_EVERY));
                 let tokens = apiserver.token_authentication.as_ref().map(|t| {
                     TokenAuthenticator::new(
                         client.clone(),
@@ -159,6 +161,7 @@ impl Gateway {
                         t.cache_ttl,
                         apiserver.review_timeout,
                         metrics.clone(),
+                        failures.clone(),
                     )
                 });
                 let webhook = apiserver.authorization.as_ref().map(|a| Webhook {
@@ -167,6 +170,7 @@ impl Gateway {
                         config.node_name.clone(),
                         apiserver.review_timeout,
                         metrics.clone(),
+                        failures.clone(),
                     ),
                     cache: DecisionCache::new(
                         a.authorized_ttl,

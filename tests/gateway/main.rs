@@ -4,6 +4,7 @@
 mod authentication;
 mod authorization;
 mod binary;
+mod faults;
 mod forwarding;
 mod hardening;
 mod operations;

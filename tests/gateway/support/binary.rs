@@ -23,6 +23,18 @@ pub struct Running {
 
 impl Running {
     pub async fn start(certs: &Certs, kubelet: SocketAddr) -> Running {
+        Running::start_with(
+            certs,
+            kubelet,
+            "authorizationMode: Static\nauthenticationTokenWebhook: false\n",
+        )
+        .await
+    }
+
+    /// Like [`Running::start`], with `modes` (YAML lines) choosing how it
+    /// authenticates and authorizes instead of static rules only — e.g.
+    /// `authorizationMode: Webhook` and a `kubeconfig` for a fake apiserver.
+    pub async fn start_with(certs: &Certs, kubelet: SocketAddr, modes: &str) -> Running {
         let d = certs.dir().display();
         let config = certs.path("config.yaml");
         std::fs::write(
@@ -32,7 +44,7 @@ impl Running {
                  tlsCertFile: {d}/serving.crt\ntlsPrivateKeyFile: {d}/serving.key\nclientCaFile: {d}/ca.crt\n\
                  upstream: https://{kubelet}\nupstreamCaFile: {d}/ca.crt\n\
                  upstreamClientCertFile: {d}/gateway-client.crt\nupstreamClientKeyFile: {d}/gateway-client.key\n\
-                 authorizationMode: Static\nauthenticationTokenWebhook: false\nshutdownGracePeriod: 5s\n\
+                 {modes}shutdownGracePeriod: 5s\n\
                  authorization:\n  static:\n    - group: system:masters\n      verbs: ['*']\n      subresources: ['*']\n"
             ),
         )
