@@ -128,12 +128,16 @@ impl TokenAuthenticator {
         else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(Identity {
+        // The TokenReview's user as the kubelet's webhook token
+        // authenticator takes it (k8s.io/apiserver v0.37.2
+        // `plugin/pkg/authenticator/token/webhook/webhook.go`), then its
+        // group adder.
+        Ok(Some(Arc::new(super::with_authenticated_group(Identity {
             user: user.username.unwrap_or_default(),
             uid: user.uid.unwrap_or_default(),
             groups: user.groups.unwrap_or_default(),
             extra: user.extra.unwrap_or_default(),
-        })))
+        }))))
     }
 }
 

@@ -157,7 +157,8 @@ async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
     let exec = &access[0];
     assert_eq!(exec["message"], "request");
     assert_eq!(exec["user"], "kube-apiserver-kubelet-client");
-    assert_eq!(exec["groups"], "system:masters");
+    // The reviewed identity: the O, then the group adder's (issue 14).
+    assert_eq!(exec["groups"], "system:masters,system:authenticated");
     assert_eq!(exec["authn"], "x509");
     assert_eq!(exec["method"], "POST");
     assert_eq!(exec["path"], "/exec/default/demo/app", "no query string");

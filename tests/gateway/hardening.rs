@@ -269,15 +269,19 @@ async fn subjects_become_exactly_the_users_and_groups_they_name() {
 
     let reviews = env.api().subject_access_reviews();
     assert_eq!(reviews[0]["spec"]["user"], "many-groups");
+    // Then the kubelet's group adder's `system:authenticated` (issue 14).
+    let mut expected = groups.clone();
+    expected.push("system:authenticated".into());
     assert_eq!(
         reviews[0]["spec"]["groups"],
-        json!(groups),
+        json!(expected),
         "every O, in order"
     );
     assert_eq!(reviews[1]["spec"]["user"], "no-groups");
-    assert!(
-        reviews[1]["spec"].get("groups").is_none(),
-        "no O, no groups"
+    assert_eq!(
+        reviews[1]["spec"]["groups"],
+        json!(["system:authenticated"]),
+        "no O, only the group every authenticated user has"
     );
 }
 

@@ -7,6 +7,7 @@ mod binary;
 mod faults;
 mod forwarding;
 mod hardening;
+mod identity;
 mod operations;
 mod paths;
 mod reviews;

@@ -25,8 +25,10 @@ fn no_caching(settings: &mut kubelet_guard::config::Settings) {
     settings.authorization_webhook_cache_unauthorized_ttl = Some(GoDuration(Duration::ZERO));
 }
 
-/// The review body the kubelet's webhook authorizer sends.
-fn expected_review(verb: &str, subresource: &str) -> serde_json::Value {
+/// The review body the kubelet's webhook authorizer sends for alice's
+/// certificate (whose credential id is `credential_id`): her O values, then
+/// the group adder's `system:authenticated` (see `identity.rs`).
+fn expected_review(verb: &str, subresource: &str, credential_id: &str) -> serde_json::Value {
     json!({
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
@@ -40,7 +42,8 @@ fn expected_review(verb: &str, subresource: &str) -> serde_json::Value {
                 "version": "v1"
             },
             "user": "alice",
-            "groups": ["team-a", "team-b"]
+            "groups": ["team-a", "team-b", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/credential-id": [credential_id]}
         }
     })
 }
@@ -89,14 +92,24 @@ async fn every_row_of_the_mapping_table_sends_the_kubelets_review() {
         (Method::PUT, "/debug/flags/v", "update", &["proxy"]),
         (Method::PATCH, "/flagz", "patch", &["configz"]),
     ];
+    let mut credential_id = String::new();
     for (method, path, verb, subresources) in rows {
         let before = env.api().subject_access_reviews().len();
         let (status, _) = env.call(&who, method.clone(), path, None).await;
         assert_eq!(status, 403, "{method} {path}");
         let sent = &env.api().subject_access_reviews()[before..];
+        if credential_id.is_empty() {
+            // Checked against openssl's fingerprint in `identity.rs`.
+            credential_id = sent[0]["spec"]["extra"]["authentication.kubernetes.io/credential-id"]
+                [0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+            assert!(credential_id.starts_with("X509SHA256="), "{credential_id}");
+        }
         let expected: Vec<_> = subresources
             .iter()
-            .map(|s| expected_review(verb, s))
+            .map(|s| expected_review(verb, s, &credential_id))
             .collect();
         assert_eq!(sent, expected, "{method} {path}");
     }
