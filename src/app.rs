@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
 use crate::server::Server;
+use crate::tls::coverage::ServingCoverage;
 use crate::tls::reload::{self, Material};
 use crate::tls::{self, ClientCa, ServingCert, ServingTls, TlsError};
 
@@ -80,7 +81,14 @@ impl Gateway {
 
         // TLS: the serving certificate (from files, or issued through a CSR)
         // and the client CA, assembled into what new handshakes use.
-        let (serving_tls, tls_state) = ServingTls::new(config.tls.clone(), provider.clone());
+        let coverage = Arc::new(ServingCoverage::new(
+            config.serving_coverage.ips.clone(),
+            config.serving_coverage.dns_names.clone(),
+            config.serving_coverage.policy,
+            metrics.clone(),
+        ));
+        let (serving_tls, tls_state) =
+            ServingTls::new(config.tls.clone(), provider.clone(), Some(coverage.clone()));
         let (serving_status, serving_status_updates) = watch::channel(String::new());
         let load_client_ca = {
             let (path, provider, metrics) = (
@@ -267,6 +275,7 @@ impl Gateway {
             metrics.clone(),
             tls_state,
             serving_status_updates,
+            coverage,
             upstream,
             shutting_down.clone(),
         ));

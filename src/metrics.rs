@@ -75,6 +75,14 @@ pub struct CertificateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServingGapLabels {
+    /// missing_ip_san, missing_dns_san (counts of --node-ip / --node-hostname
+    /// values the serving certificate does not cover), not_yet_valid or
+    /// expired (1 or 0), as of the last load or reload.
+    pub gap: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// serving (certificate, key and client CA), upstream_client or upstream_token.
     pub material: &'static str,
@@ -102,6 +110,7 @@ pub struct Metrics {
     pub upgraded_streams: Gauge,
     pub relayed_bytes: Family<DirectionLabels, Counter>,
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub serving_certificate_gaps: Family<ServingGapLabels, Gauge>,
     pub reloads: Family<ReloadLabels, Counter>,
     pub certificate_rotations: Counter,
     pub csr_failures: Family<ReasonLabels, Counter>,
@@ -135,6 +144,7 @@ impl Metrics {
             upgraded_streams: Gauge::default(),
             relayed_bytes: Family::default(),
             certificate_expiry: Family::default(),
+            serving_certificate_gaps: Family::default(),
             reloads: Family::default(),
             certificate_rotations: Counter::default(),
             csr_failures: Family::default(),
@@ -202,6 +212,11 @@ impl Metrics {
             "certificate_expiry_timestamp_seconds",
             "When each certificate in use expires (seconds since the epoch)",
             metrics.certificate_expiry.clone(),
+        );
+        r.register(
+            "serving_certificate_gaps",
+            "What the serving certificate misses of the node: missing_ip_san/missing_dns_san (count), not_yet_valid/expired (0 or 1)",
+            metrics.serving_certificate_gaps.clone(),
         );
         r.register(
             "certificate_reloads",

@@ -19,6 +19,8 @@ pub struct Running {
     pub child: Child,
     pub addr: SocketAddr,
     pub lines: Lines<BufReader<ChildStdout>>,
+    /// The log lines before the `serving` line (start-up warnings).
+    pub startup: Vec<Value>,
 }
 
 impl Running {
@@ -60,12 +62,14 @@ impl Running {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             lines,
+            startup: Vec::new(),
         };
         let serving = loop {
             let line = running.next_json().await;
             if line["message"] == "serving" {
                 break line;
             }
+            running.startup.push(line);
         };
         running.addr = serving["address"].as_str().unwrap().parse().unwrap();
         running
