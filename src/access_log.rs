@@ -15,7 +15,8 @@ use crate::authn::Authenticated;
 use crate::authz::attributes::{Attributes, Subresource};
 use crate::authz::{Decision, Source};
 use crate::config::LogFormat;
-use crate::metrics::{AuthzLabels, Metrics, RequestLabels};
+use crate::fault::Fault;
+use crate::metrics::{AuthzLabels, Metrics, RefusalLabels, RequestLabels};
 use crate::proxy::Relayed;
 use crate::reject::Rejection;
 
@@ -30,9 +31,15 @@ pub struct AccessRecord {
     groups: Vec<String>,
     authn: &'static str,
     attributes: Option<Attributes>,
-    /// allowed, denied, error, unauthenticated, bad_request or
-    /// method_not_allowed; empty until known.
+    /// allowed; refused because of the caller: unauthenticated, denied,
+    /// bad_request, method_not_allowed; refused because of the
+    /// infrastructure: authentication_error (a TokenReview could not be
+    /// made), authorization_error (a SubjectAccessReview could not be
+    /// made). Empty until known.
     decision: &'static str,
+    /// Why a request was refused (or failed at the kubelet), and whose
+    /// fault that was (`Rejection::fault`).
+    refusal: Option<(Fault, &'static str)>,
     source: Option<Source>,
     allowed_by: Option<Subresource>,
     /// The kubelet answered (its bytes count as relayed).
@@ -53,6 +60,7 @@ impl AccessRecord {
             authn: "none",
             attributes: None,
             decision: "",
+            refusal: None,
             source: None,
             allowed_by: None,
             forwarded: false,
@@ -73,7 +81,10 @@ impl AccessRecord {
 
     /// Records why a request was refused before, or instead of, forwarding.
     pub fn refused(&mut self, rejection: &Rejection) {
+        let (fault, cause) = rejection.fault();
+        self.refusal = Some((fault, cause));
         self.decision = match rejection {
+            Rejection::Unauthorized(_) if fault == Fault::Infrastructure => "authentication_error",
             Rejection::Unauthorized(_) => "unauthenticated",
             Rejection::BadPath(_)
             | Rejection::AbsoluteForm
@@ -81,7 +92,7 @@ impl AccessRecord {
             | Rejection::BadFraming(_) => "bad_request",
             Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::Forbidden { .. } => "denied",
-            Rejection::AuthorizationError { .. } => "error",
+            Rejection::AuthorizationError { .. } => "authorization_error",
             // Allowed, then the kubelet failed: the decision stands.
             Rejection::BadGateway(_) => self.decision,
         };
@@ -174,6 +185,15 @@ impl AccessRecord {
                 code: self.status,
             })
             .inc();
+        if let Some((fault, cause)) = self.refusal {
+            metrics
+                .refusals
+                .get_or_create(&RefusalLabels {
+                    fault: fault.as_str(),
+                    cause,
+                })
+                .inc();
+        }
     }
 
     fn write(&self, message: &'static str, duration: Duration, bytes_in: u64, bytes_out: u64) {
@@ -190,6 +210,7 @@ impl AccessRecord {
             verb: self.attributes.map_or("", |a| a.verb.as_str()),
             subresources: &subresources,
             decision: self.decision,
+            cause: self.refusal.map_or("", |(_, cause)| cause),
             source: self.source.map_or("", Source::as_str),
             status: self.status,
             bytes_in,
@@ -216,6 +237,7 @@ impl AccessRecord {
                 verb = line.verb,
                 subresources = %line.subresources,
                 decision = line.decision,
+                cause = line.cause,
                 source = line.source,
                 status = line.status,
                 bytes_in,
@@ -245,6 +267,9 @@ struct Line<'a> {
     #[serde(serialize_with = "as_text")]
     subresources: &'a Joined<'a, Subresource>,
     decision: &'static str,
+    /// Why it was refused: a caller cause (no_credentials, denied, …) or an
+    /// infrastructure one (gateway_credential_rejected, …); empty if not.
+    cause: &'static str,
     source: &'static str,
     status: u16,
     bytes_in: u64,
@@ -359,6 +384,7 @@ mod tests {
             verb: attributes.verb.as_str(),
             subresources: &Joined(attributes.subresources),
             decision: "allowed",
+            cause: "",
             source: "static",
             status: 101,
             bytes_in: 7,
@@ -384,6 +410,7 @@ mod tests {
             "verb": "create",
             "subresources": "metrics,proxy",
             "decision": "allowed",
+            "cause": "",
             "source": "static",
             "status": 101,
             "bytes_in": 7,

@@ -2,7 +2,8 @@
 //! readiness and metrics for the kubelet's probes and for Prometheus.
 //!
 //! - `/healthz`, `/livez`: the process is serving.
-//! - `/readyz`: the serving certificate is loaded and valid, the kubelet
+//! - `/readyz`: the serving certificate is loaded, valid and covers the
+//!   node's addresses (`tls::coverage`), the kubelet
 //!   answers its `/healthz` to the gateway's credentials, and the gateway is
 //!   not shutting down. 503 with the reasons otherwise.
 //! - `/metrics`: OpenMetrics text when the scraper asks for it (Prometheus
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::tls::TlsState;
+use crate::tls::coverage::ServingCoverage;
 
 /// How long a readiness answer is reused, so probes cannot hammer the kubelet.
 const READINESS_CACHE: Duration = Duration::from_secs(1);
@@ -36,6 +38,8 @@ pub struct Admin {
     tls: watch::Receiver<Option<Arc<TlsState>>>,
     /// Why there is no serving certificate yet (a CSR in flight), if so.
     serving_status: watch::Receiver<String>,
+    /// Whether the serving certificate covers the node's addresses.
+    coverage: Arc<ServingCoverage>,
     kubelet: Upstream,
     shutting_down: CancellationToken,
     last_readiness: Mutex<Option<(Instant, Result<(), String>)>>,
@@ -46,6 +50,7 @@ impl Admin {
         metrics: Arc<Metrics>,
         tls: watch::Receiver<Option<Arc<TlsState>>>,
         serving_status: watch::Receiver<String>,
+        coverage: Arc<ServingCoverage>,
         kubelet: Upstream,
         shutting_down: CancellationToken,
     ) -> Self {
@@ -53,6 +58,7 @@ impl Admin {
             metrics,
             tls,
             serving_status,
+            coverage,
             kubelet,
             shutting_down,
             last_readiness: Mutex::new(None),
@@ -166,7 +172,11 @@ impl Admin {
             Some(expires_at) if expires_at <= now => problems.push(format!(
                 "the serving certificate expired at {expires_at} (seconds since the epoch)"
             )),
-            Some(_) => {}
+            Some(_) => {
+                if let Some(gap) = self.coverage.problem() {
+                    problems.push(gap);
+                }
+            }
         }
         match tokio::time::timeout(KUBELET_PROBE_TIMEOUT, self.kubelet.probe("/healthz")).await {
             Ok(Ok(status)) if status.is_success() => {}

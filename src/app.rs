@@ -23,10 +23,12 @@ use crate::authz::{Authorizer, Webhook};
 use crate::config::Config;
 use crate::config::Serving;
 use crate::csr::CsrIssuer;
+use crate::fault::{self, FailureReporter};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
 use crate::server::Server;
+use crate::tls::coverage::ServingCoverage;
 use crate::tls::reload::{self, Material};
 use crate::tls::{self, ClientCa, ServingCert, ServingTls, TlsError};
 
@@ -79,7 +81,14 @@ impl Gateway {
 
         // TLS: the serving certificate (from files, or issued through a CSR)
         // and the client CA, assembled into what new handshakes use.
-        let (serving_tls, tls_state) = ServingTls::new(config.tls.clone(), provider.clone());
+        let coverage = Arc::new(ServingCoverage::new(
+            config.serving_coverage.ips.clone(),
+            config.serving_coverage.dns_names.clone(),
+            config.serving_coverage.policy,
+            metrics.clone(),
+        ));
+        let (serving_tls, tls_state) =
+            ServingTls::new(config.tls.clone(), provider.clone(), Some(coverage.clone()));
         let (serving_status, serving_status_updates) = watch::channel(String::new());
         let load_client_ca = {
             let (path, provider, metrics) = (
@@ -152,6 +161,7 @@ impl Gateway {
         let (tokens, webhook) = match &config.apiserver {
             Some(apiserver) => {
                 let client = apiserver::client(apiserver.kubeconfig.as_deref()).await?;
+                let failures = Arc::new(FailureReporter::new(metrics.clone(), fault::WARN_EVERY));
                 let tokens = apiserver.token_authentication.as_ref().map(|t| {
                     TokenAuthenticator::new(
                         client.clone(),
@@ -159,6 +169,7 @@ impl Gateway {
                         t.cache_ttl,
                         apiserver.review_timeout,
                         metrics.clone(),
+                        failures.clone(),
                     )
                 });
                 let webhook = apiserver.authorization.as_ref().map(|a| Webhook {
@@ -167,6 +178,7 @@ impl Gateway {
                         config.node_name.clone(),
                         apiserver.review_timeout,
                         metrics.clone(),
+                        failures.clone(),
                     ),
                     cache: DecisionCache::new(
                         a.authorized_ttl,
@@ -263,6 +275,7 @@ impl Gateway {
             metrics.clone(),
             tls_state,
             serving_status_updates,
+            coverage,
             upstream,
             shutting_down.clone(),
         ));

@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::authz::attributes::StreamingAuthz;
 use crate::authz::static_rules::{StaticRuleSpec, StaticRules};
+use crate::tls::coverage::CoveragePolicy;
 use crate::tls::{TlsOptions, TlsVersion, UpstreamTls};
 
 /// A duration written the kubelet's way (`2m`, `30s`, `1h30m`, `500ms`).
@@ -122,16 +123,27 @@ pub struct Settings {
     #[serde(default)]
     pub serving_cert_source: Option<ServingCertSource>,
 
-    /// csr: IP SANs for the serving certificate (repeat, or comma-separate);
-    /// with neither this nor --node-hostname, the Node object's addresses.
+    /// The node's IPs the apiserver may dial (repeat, or comma-separate):
+    /// the serving certificate must carry each as an IP SAN (checked at
+    /// start and reload); csr: requested as SANs, and with neither this nor
+    /// --node-hostname, the Node object's addresses are.
     #[arg(long, value_name = "IP", value_delimiter = ',')]
     #[serde(default)]
     pub node_ip: Option<Vec<IpAddr>>,
 
-    /// csr: DNS SANs for the serving certificate (repeat, or comma-separate).
+    /// The node's names the apiserver may dial (repeat, or comma-separate):
+    /// checked against the DNS SANs like --node-ip; csr: requested as SANs.
     #[arg(long, value_name = "NAME", value_delimiter = ',')]
     #[serde(default)]
     pub node_hostname: Option<Vec<String>>,
+
+    /// What a serving certificate that misses a --node-ip/--node-hostname
+    /// SAN, or is outside its validity window, does: warn (serve; warn
+    /// line, /readyz reason, metric) or refuse (the gateway does not start;
+    /// a reloaded one is not used) [default: warn].
+    #[arg(long, value_name = "POLICY")]
+    #[serde(default)]
+    pub serving_cert_coverage: Option<CoveragePolicy>,
 
     /// csr: keep the issued key and certificate here, so a restart reuses a
     /// valid one instead of asking again.
@@ -346,6 +358,9 @@ pub struct Config {
     pub node_name: String,
     pub listen: SocketAddr,
     pub serving: Serving,
+    /// What the serving certificate is checked against (`tls::coverage`):
+    /// --node-ip and --node-hostname, and what to do about a gap.
+    pub serving_coverage: ServingCoverageConfig,
     pub client_ca_file: Option<PathBuf>,
     pub tls: TlsOptions,
     pub upstream_scheme: Scheme,
@@ -387,6 +402,13 @@ impl Default for Limits {
             http2_max_reset_streams: 20,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingCoverageConfig {
+    pub ips: Vec<IpAddr>,
+    pub dns_names: Vec<String>,
+    pub policy: CoveragePolicy,
 }
 
 /// Where the serving certificate comes from.
@@ -459,6 +481,7 @@ impl Settings {
             serving_cert_source: flags.serving_cert_source.or(self.serving_cert_source),
             node_ip: flags.node_ip.or(self.node_ip),
             node_hostname: flags.node_hostname.or(self.node_hostname),
+            serving_cert_coverage: flags.serving_cert_coverage.or(self.serving_cert_coverage),
             serving_cert_dir: flags.serving_cert_dir.or(self.serving_cert_dir),
             csr_kubeconfig: flags.csr_kubeconfig.or(self.csr_kubeconfig),
             tls_cert_file: flags.tls_cert_file.or(self.tls_cert_file),
@@ -531,6 +554,23 @@ impl Settings {
         })?;
         check_node_name(&node_name).map_err(|p| invalid("node-name", "nodeName", p))?;
 
+        let node_ips = self.node_ip.clone().unwrap_or_default();
+        let node_hostnames = self.node_hostname.clone().unwrap_or_default();
+        if let Some(bad) = node_hostnames
+            .iter()
+            .find(|n| rustls_pki_types::DnsName::try_from(n.as_str()).is_err())
+        {
+            return Err(invalid(
+                "node-hostname",
+                "nodeHostname",
+                format!("{bad:?} is not a DNS name"),
+            ));
+        }
+        let serving_coverage = ServingCoverageConfig {
+            ips: node_ips,
+            dns_names: node_hostnames,
+            policy: self.serving_cert_coverage.unwrap_or_default(),
+        };
         let serving = match self.serving_cert_source.unwrap_or_default() {
             ServingCertSource::File => {
                 let cert = self.tls_cert_file.ok_or_else(|| {
@@ -558,16 +598,6 @@ impl Settings {
                     ));
                 }
                 let dns_names = self.node_hostname.unwrap_or_default();
-                if let Some(bad) = dns_names
-                    .iter()
-                    .find(|n| rustls_pki_types::DnsName::try_from(n.as_str()).is_err())
-                {
-                    return Err(invalid(
-                        "node-hostname",
-                        "nodeHostname",
-                        format!("{bad:?} is not a DNS name"),
-                    ));
-                }
                 Serving::Csr(CsrSettings {
                     ips: self.node_ip.unwrap_or_default(),
                     dns_names,
@@ -697,6 +727,7 @@ impl Settings {
                 .secure_listen_address
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 10250))),
             serving,
+            serving_coverage,
             client_ca_file: self.client_ca_file,
             tls: TlsOptions {
                 min_version: self.tls_min_version.unwrap_or_default(),

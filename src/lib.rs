@@ -19,6 +19,7 @@ pub mod certs;
 pub mod config;
 pub mod csr;
 pub mod demo_kubelet;
+pub mod fault;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

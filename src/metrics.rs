@@ -22,8 +22,30 @@ pub struct RequestLabels {
 pub struct AuthnLabels {
     /// x509, token, anonymous or none.
     pub method: &'static str,
-    /// success or failure.
+    /// success; failure (the caller's credential was refused); or error
+    /// (it could not be checked: the TokenReview failed).
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// caller or infrastructure (`fault::Fault`).
+    pub fault: &'static str,
+    /// A fixed cause name: no_credentials, bad_certificate, token_rejected,
+    /// malformed_token, denied, bad_request, method_not_allowed for the
+    /// caller; an `ApiserverCause` label, kubelet_unreachable or
+    /// kubelet_bad_answer for the infrastructure.
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewFailureLabels {
+    /// subjectaccessreview or tokenreview.
+    pub kind: &'static str,
+    /// An `ApiserverCause` label (apiserver_unreachable, apiserver_timeout,
+    /// gateway_credential_rejected, gateway_forbidden, apiserver_error,
+    /// apiserver_bad_response, gateway_credential_unavailable).
+    pub cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +75,14 @@ pub struct CertificateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServingGapLabels {
+    /// missing_ip_san, missing_dns_san (counts of --node-ip / --node-hostname
+    /// values the serving certificate does not cover), not_yet_valid or
+    /// expired (1 or 0), as of the last load or reload.
+    pub gap: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// serving (certificate, key and client CA), upstream_client or upstream_token.
     pub material: &'static str,
@@ -71,6 +101,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub authentications: Family<AuthnLabels, Counter>,
     pub authorizations: Family<AuthzLabels, Counter>,
+    pub refusals: Family<RefusalLabels, Counter>,
+    pub review_failures: Family<ReviewFailureLabels, Counter>,
     pub token_cache_hits: Counter,
     pub review_duration: Family<ReviewLabels, Histogram, fn() -> Histogram>,
     pub upstream_duration: Histogram,
@@ -78,6 +110,7 @@ pub struct Metrics {
     pub upgraded_streams: Gauge,
     pub relayed_bytes: Family<DirectionLabels, Counter>,
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub serving_certificate_gaps: Family<ServingGapLabels, Gauge>,
     pub reloads: Family<ReloadLabels, Counter>,
     pub certificate_rotations: Counter,
     pub csr_failures: Family<ReasonLabels, Counter>,
@@ -102,6 +135,8 @@ impl Metrics {
             requests: Family::default(),
             authentications: Family::default(),
             authorizations: Family::default(),
+            refusals: Family::default(),
+            review_failures: Family::default(),
             token_cache_hits: Counter::default(),
             review_duration: Family::new_with_constructor(latency_histogram),
             upstream_duration: latency_histogram(),
@@ -109,6 +144,7 @@ impl Metrics {
             upgraded_streams: Gauge::default(),
             relayed_bytes: Family::default(),
             certificate_expiry: Family::default(),
+            serving_certificate_gaps: Family::default(),
             reloads: Family::default(),
             certificate_rotations: Counter::default(),
             csr_failures: Family::default(),
@@ -128,6 +164,16 @@ impl Metrics {
             "authorization_decisions",
             "Authorization decisions by source (static, cache, review) and decision",
             metrics.authorizations.clone(),
+        );
+        r.register(
+            "refusals",
+            "Refused requests by who failed (caller or infrastructure) and cause",
+            metrics.refusals.clone(),
+        );
+        r.register(
+            "apiserver_review_failures",
+            "TokenReviews and SubjectAccessReviews the apiserver did not answer usably, by cause",
+            metrics.review_failures.clone(),
         );
         r.register(
             "token_cache_hits",
@@ -166,6 +212,11 @@ impl Metrics {
             "certificate_expiry_timestamp_seconds",
             "When each certificate in use expires (seconds since the epoch)",
             metrics.certificate_expiry.clone(),
+        );
+        r.register(
+            "serving_certificate_gaps",
+            "What the serving certificate misses of the node: missing_ip_san/missing_dns_san (count), not_yet_valid/expired (0 or 1)",
+            metrics.serving_certificate_gaps.clone(),
         );
         r.register(
             "certificate_reloads",

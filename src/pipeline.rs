@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
-use crate::authn::{Authenticated, Authenticator, AuthnError, ClientCertificate};
+use crate::authn::{Authenticated, Authenticator, AuthnError, ClientCertificate, TokenError};
 use crate::authz::attributes::{StreamingAuthz, is_upgrade_endpoint, request_attributes};
 use crate::authz::path::decode_request_path;
 use crate::authz::{Authorizer, Decision};
@@ -65,6 +65,9 @@ impl Pipeline {
             Ok(response) => response,
             Err(rejection) => {
                 record.refused(&rejection);
+                // Infrastructure causes are logged at warn where they
+                // happen (`fault::FailureReporter`), once per review and
+                // rate-limited; per request they stay at debug.
                 tracing::debug!(peer = %connection.peer, reason = %rejection, "request refused");
                 rejection.into_response()
             }
@@ -175,7 +178,11 @@ impl Pipeline {
                     AuthnError::Certificate(_) => "x509",
                     AuthnError::Token(_) => "token",
                 },
-                result: "failure",
+                // A token that could not be checked is not a bad token.
+                result: match error {
+                    AuthnError::Token(TokenError::ReviewFailed(_)) => "error",
+                    _ => "failure",
+                },
             },
         };
         self.metrics.authentications.get_or_create(&labels).inc();

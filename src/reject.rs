@@ -1,14 +1,18 @@
 //! Every way the gateway refuses a request, turned into a status and a short
 //! text body in this one place. Bodies match the kubelet's wording so that
-//! what the apiserver relays to `kubectl` reads the same.
+//! what the apiserver relays to `kubectl` reads the same; statuses follow the
+//! kubelet's `InstallAuthFilter` (`pkg/kubelet/server/server.go`): 401 for
+//! any authentication error, 403 for a denial, 500 when authorization could
+//! not be checked. Each refusal also says who failed ([`Fault`]).
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::authn::AuthnError;
+use crate::authn::{AuthnError, TokenError};
 use crate::authz::AuthzError;
 use crate::authz::attributes::{MethodNotAllowed, Subresource, Verb};
 use crate::authz::path::PathError;
 use crate::body::{self, Body};
+use crate::fault::Fault;
 use crate::proxy::ProxyError;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +56,10 @@ impl Rejection {
             | Rejection::BadFraming(_) => StatusCode::BAD_REQUEST,
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            // The kubelet answers 500; a refusal the caller may retry is a
-            // 403 here, and never an allow.
-            Rejection::Forbidden { .. } | Rejection::AuthorizationError { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            Rejection::Forbidden { .. } => StatusCode::FORBIDDEN,
+            // The kubelet's answer when a review cannot be made: a 5xx says
+            // the platform failed, not the caller.
+            Rejection::AuthorizationError { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -84,11 +87,43 @@ impl Rejection {
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
+            // Exactly the kubelet's text: the cause is in the log.
             Rejection::AuthorizationError { user, verb, error } => format!(
-                "Authorization error (user={user}, verb={verb}, resource=nodes, subresource={}): authorization could not be checked",
+                "Authorization error (user={user}, verb={verb}, resource=nodes, subresource={})",
                 error.subresource
             ),
             Rejection::BadGateway(e) => format!("Bad Gateway: {e}"),
+        }
+    }
+
+    /// Who failed, and a fixed name for why (a metric label; see
+    /// `metrics::RefusalLabels`).
+    pub fn fault(&self) -> (Fault, &'static str) {
+        match self {
+            Rejection::BadPath(_)
+            | Rejection::AbsoluteForm
+            | Rejection::BadHost(_)
+            | Rejection::BadFraming(_) => (Fault::Caller, "bad_request"),
+            Rejection::MethodNotAllowed(_) => (Fault::Caller, "method_not_allowed"),
+            Rejection::Unauthorized(error) => match error {
+                AuthnError::NoCredentials => (Fault::Caller, "no_credentials"),
+                AuthnError::Certificate(_) => (Fault::Caller, "bad_certificate"),
+                AuthnError::Token(TokenError::Rejected) => (Fault::Caller, "token_rejected"),
+                AuthnError::Token(TokenError::Malformed(_)) => (Fault::Caller, "malformed_token"),
+                AuthnError::Token(TokenError::ReviewFailed(failure)) => {
+                    (Fault::Infrastructure, failure.cause.as_str())
+                }
+            },
+            Rejection::Forbidden { .. } => (Fault::Caller, "denied"),
+            Rejection::AuthorizationError { error, .. } => {
+                (Fault::Infrastructure, error.error.cause.as_str())
+            }
+            Rejection::BadGateway(ProxyError::Unreachable(_) | ProxyError::Request(_)) => {
+                (Fault::Infrastructure, "kubelet_unreachable")
+            }
+            Rejection::BadGateway(
+                ProxyError::UnexpectedUpgrade | ProxyError::UpgradeNotSwitched(_),
+            ) => (Fault::Infrastructure, "kubelet_bad_answer"),
         }
     }
 
@@ -104,10 +139,15 @@ impl Rejection {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        // RFC 9112 §6.3: after refusing a request with both Content-Length
-        // and Transfer-Encoding "the server MUST close the connection", as
-        // Go's net/http does; bytes after it cannot be trusted as a request.
-        if let Rejection::BadFraming(_) = self {
+        // A refusal after which the connection is not trusted: RFC 9112 §6.3
+        // says a server that refuses Content-Length with Transfer-Encoding
+        // "MUST close the connection" (Go's net/http does), and after a failed
+        // upgrade the kubelet connection's state is unknown
+        // (`proxy::upgrade_answer`). This answer is the connection's last.
+        if matches!(
+            self,
+            Rejection::BadFraming(_) | Rejection::BadGateway(ProxyError::UpgradeNotSwitched(_))
+        ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Rejection::MethodNotAllowed(_) = self {
@@ -136,6 +176,50 @@ mod tests {
             rejection.body(),
             "Forbidden (user=monitoring, verb=get, resource=nodes, subresource(s)=[pods proxy])"
         );
+    }
+
+    #[test]
+    fn an_authorization_error_reads_like_the_kubelets_and_blames_the_platform() {
+        use crate::authz::AuthzError;
+        use crate::fault::{ApiserverCause, ReviewFailure, ReviewKind};
+        let rejection = Rejection::AuthorizationError {
+            user: "alice".into(),
+            verb: Verb::Get,
+            error: AuthzError {
+                subresource: Subresource::Proxy,
+                error: std::sync::Arc::new(ReviewFailure {
+                    kind: ReviewKind::SubjectAccessReview,
+                    cause: ApiserverCause::CredentialRejected,
+                    detail: "401".into(),
+                }),
+            },
+        };
+        assert_eq!(rejection.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            rejection.body(),
+            "Authorization error (user=alice, verb=get, resource=nodes, subresource=proxy)"
+        );
+        assert_eq!(
+            rejection.fault(),
+            (Fault::Infrastructure, "gateway_credential_rejected")
+        );
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_checked_is_a_401_that_blames_the_platform() {
+        use crate::fault::{ApiserverCause, ReviewFailure, ReviewKind};
+        let failed =
+            Rejection::Unauthorized(AuthnError::Token(TokenError::ReviewFailed(ReviewFailure {
+                kind: ReviewKind::TokenReview,
+                cause: ApiserverCause::Timeout,
+                detail: "5s".into(),
+            })));
+        assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(failed.body(), "Unauthorized");
+        assert_eq!(failed.fault(), (Fault::Infrastructure, "apiserver_timeout"));
+        let forged = Rejection::Unauthorized(AuthnError::Token(TokenError::Rejected));
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(forged.fault(), (Fault::Caller, "token_rejected"));
     }
 
     #[test]

@@ -203,6 +203,7 @@ async fn soak() -> i32 {
         child: mut gateway,
         addr,
         mut lines,
+        ..
     } = Running::start(&certs, kubelet_addr).await;
     // Keep reading the log so the gateway never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::tls::TlsState;
 
 pub use token::{TokenAuthenticator, TokenError, bearer_token, websocket_token};
-pub use x509::{CertificateError, ClientCertificate, identity_from_certificate};
+pub use x509::{CREDENTIAL_ID_KEY, CertificateError, ClientCertificate, identity_from_certificate};
 
 /// An authenticated caller, in the shape of the apiserver's `user.Info`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
@@ -31,11 +31,36 @@ pub struct Identity {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
+/// `system:authenticated`, which the kubelet adds to every authenticated user.
+pub const ALL_AUTHENTICATED: &str = "system:authenticated";
+/// `system:unauthenticated`.
+pub const ALL_UNAUTHENTICATED: &str = "system:unauthenticated";
+/// `system:anonymous`.
+pub const ANONYMOUS: &str = "system:anonymous";
+
+/// The kubelet's group adder (k8s.io/apiserver v0.37.2
+/// `pkg/authentication/group/authenticated_group_adder.go`, wrapped around
+/// the x509 and token authenticators in
+/// `authenticatorfactory/delegating.go`): appends `system:authenticated`
+/// unless the user is `system:anonymous` or the groups already hold
+/// `system:authenticated` or `system:unauthenticated`. Anonymous access is
+/// outside it, so it never gets the group.
+pub fn with_authenticated_group(mut identity: Identity) -> Identity {
+    let already = identity
+        .groups
+        .iter()
+        .any(|g| g == ALL_AUTHENTICATED || g == ALL_UNAUTHENTICATED);
+    if identity.user != ANONYMOUS && !already {
+        identity.groups.push(ALL_AUTHENTICATED.to_owned());
+    }
+    identity
+}
+
 impl Identity {
     pub fn anonymous() -> Identity {
         Identity {
-            user: "system:anonymous".into(),
-            groups: vec!["system:unauthenticated".into()],
+            user: ANONYMOUS.into(),
+            groups: vec![ALL_UNAUTHENTICATED.into()],
             ..Identity::default()
         }
     }
@@ -133,5 +158,43 @@ impl Authenticator {
             });
         }
         Err(AuthnError::NoCredentials)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> Identity {
+        Identity {
+            user: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn the_group_adder_follows_the_kubelets() {
+        let added = |i: Identity| with_authenticated_group(i).groups;
+        assert_eq!(
+            added(user("alice", &["dev"])),
+            ["dev", "system:authenticated"]
+        );
+        assert_eq!(added(user("alice", &[])), ["system:authenticated"]);
+        assert_eq!(
+            added(user("bob", &["system:authenticated", "devs"])),
+            ["system:authenticated", "devs"],
+            "not duplicated"
+        );
+        assert_eq!(
+            added(user("odd", &["x", "system:unauthenticated"])),
+            ["x", "system:unauthenticated"],
+            "never both"
+        );
+        assert_eq!(
+            added(user("system:anonymous", &["x"])),
+            ["x"],
+            "anonymous by name is left alone"
+        );
     }
 }

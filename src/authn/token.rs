@@ -15,14 +15,17 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::Identity;
+use crate::fault::{FailureReporter, ReviewFailure, ReviewKind};
 use crate::metrics::{Metrics, ReviewLabels};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("the token was not accepted by the apiserver")]
     Rejected,
-    #[error("the token review failed: {0}")]
-    ReviewFailed(String),
+    /// The apiserver could not check the token: the infrastructure failed,
+    /// not the caller (see [`crate::fault`]).
+    #[error("the token could not be checked: {0}")]
+    ReviewFailed(ReviewFailure),
     #[error("malformed WebSocket bearer token: {0}")]
     Malformed(String),
 }
@@ -34,6 +37,7 @@ pub struct TokenAuthenticator {
     /// `None`: the apiserver said no.
     results: Cache<[u8; 32], Option<Arc<Identity>>>,
     metrics: Arc<Metrics>,
+    failures: Arc<FailureReporter>,
 }
 
 impl TokenAuthenticator {
@@ -43,6 +47,7 @@ impl TokenAuthenticator {
         cache_ttl: Duration,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        failures: Arc<FailureReporter>,
     ) -> Self {
         TokenAuthenticator {
             api: Api::all(client),
@@ -53,6 +58,7 @@ impl TokenAuthenticator {
                 .time_to_live(cache_ttl)
                 .build(),
             metrics,
+            failures,
         }
     }
 
@@ -71,6 +77,15 @@ impl TokenAuthenticator {
     }
 
     async fn review(&self, token: &str) -> Result<Option<Arc<Identity>>, TokenError> {
+        self.ask(token).await.map_err(|failure| {
+            self.failures.report(&failure);
+            TokenError::ReviewFailed(failure)
+        })
+    }
+
+    /// One TokenReview; `Ok(None)` when the token is not accepted.
+    async fn ask(&self, token: &str) -> Result<Option<Arc<Identity>>, ReviewFailure> {
+        let kind = ReviewKind::TokenReview;
         let review = TokenReview {
             metadata: Default::default(),
             spec: TokenReviewSpec {
@@ -92,12 +107,10 @@ impl TokenAuthenticator {
             })
             .observe(started.elapsed().as_secs_f64());
         let answer = answer
-            .map_err(|_| TokenError::ReviewFailed(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| TokenError::ReviewFailed(e.to_string()))?;
+            .map_err(|_| ReviewFailure::timeout(kind, self.timeout))?
+            .map_err(|e| ReviewFailure::from_kube(kind, &e))?;
         let Some(status) = answer.status else {
-            return Err(TokenError::ReviewFailed(
-                "the review came back without a status".into(),
-            ));
+            return Err(ReviewFailure::without_status(kind));
         };
         if status.authenticated != Some(true) {
             return Ok(None);
@@ -115,12 +128,16 @@ impl TokenAuthenticator {
         else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(Identity {
+        // The TokenReview's user as the kubelet's webhook token
+        // authenticator takes it (k8s.io/apiserver v0.37.2
+        // `plugin/pkg/authenticator/token/webhook/webhook.go`), then its
+        // group adder.
+        Ok(Some(Arc::new(super::with_authenticated_group(Identity {
             user: user.username.unwrap_or_default(),
             uid: user.uid.unwrap_or_default(),
             groups: user.groups.unwrap_or_default(),
             extra: user.extra.unwrap_or_default(),
-        })))
+        }))))
     }
 }
 

@@ -1,5 +1,12 @@
-//! Identity from a client certificate: user = subject CN, groups = every
-//! subject O, as the apiserver's and kubelet's x509 authenticator define it.
+//! Identity from a client certificate, as the kubelet's x509 authenticator
+//! builds it (k8s.io/apiserver v0.37.2
+//! `pkg/authentication/request/x509/x509.go`, `CommonNameUserConversion`):
+//! user = subject CN, uid = the subject's Kubernetes UID attribute
+//! (OID 1.3.6.1.4.1.57683.2, feature `AllowParsingUserUIDFromCertAuth`, on
+//! by default since 1.33), groups = every subject O in order, extra =
+//! `authentication.kubernetes.io/credential-id: ["X509SHA256=<hex SHA-256 of
+//! the leaf DER>"]`. `system:authenticated` is added afterwards by the
+//! group adder ([`super::with_authenticated_group`]), as in the kubelet.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +29,10 @@ pub enum CertificateError {
     AmbiguousCommonName,
     #[error("certificate subject holds a name that is not a UTF-8 string")]
     NotUtf8,
+    #[error("certificate subject holds more than one user UID (1.3.6.1.4.1.57683.2)")]
+    AmbiguousUid,
+    #[error("certificate subject holds an empty or non-string user UID (1.3.6.1.4.1.57683.2)")]
+    BadUid,
     #[error("client certificates are not accepted: no client CA is configured")]
     NoClientCa,
 }
@@ -71,7 +82,9 @@ impl ClientCertificate {
         client_ca
             .verify(&self.chain, now)
             .map_err(|e| CertificateError::Chain(e.to_string()))?;
-        let identity = Arc::new(identity_from_certificate(&self.chain[0])?);
+        let identity = Arc::new(super::with_authenticated_group(identity_from_certificate(
+            &self.chain[0],
+        )?));
         let valid_until = chain_valid_until(&self.chain)?;
         *verified = Some(Verified {
             client_ca: client_ca.clone(),
@@ -82,8 +95,9 @@ impl ClientCertificate {
     }
 }
 
-/// User and groups from a certificate's subject. The CN must be present,
-/// single and UTF-8; a CN the apiserver would read differently is refused.
+/// The user a certificate stands for (before the group adder). The CN must
+/// be present, single and UTF-8; a CN the apiserver would read differently
+/// is refused. Errors: [`CertificateError`] (never a panic, whatever `der`).
 pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, CertificateError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| CertificateError::Malformed)?;
     let subject = cert.subject();
@@ -106,11 +120,43 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<Identity, CertificateErro
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| CertificateError::NotUtf8)?;
 
+    // `parseUIDFromCert`: at most one, a non-empty string.
+    let mut uids = subject.iter_by_oid(&UID_OID);
+    let uid = match (uids.next(), uids.next()) {
+        (None, _) => String::new(),
+        (Some(_), Some(_)) => return Err(CertificateError::AmbiguousUid),
+        (Some(uid), None) => match uid.as_str() {
+            Ok(uid) if !uid.is_empty() => uid.to_owned(),
+            _ => return Err(CertificateError::BadUid),
+        },
+    };
+
     Ok(Identity {
         user: user.to_owned(),
+        uid,
         groups,
-        ..Identity::default()
+        extra: [(CREDENTIAL_ID_KEY.to_owned(), vec![credential_id(der)])].into(),
     })
+}
+
+/// `user.CredentialIDKey` (k8s.io/apiserver `pkg/authentication/user`).
+pub const CREDENTIAL_ID_KEY: &str = "authentication.kubernetes.io/credential-id";
+
+/// The Kubernetes user UID attribute of a subject: 1.3.6.1.4.1.57683.2
+/// (k8s.io/apimachinery `pkg/apis/asn1`, `X509UID`).
+const UID_OID: x509_parser::der_parser::oid::Oid<'static> =
+    x509_parser::der_parser::oid!(1.3.6.1.4.1.57683.2);
+
+/// `X509SHA256=` and the lowercase hex SHA-256 of the certificate's DER.
+fn credential_id(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(11 + 64);
+    id.push_str("X509SHA256=");
+    for byte in sha2::Sha256::digest(der) {
+        let _ = write!(id, "{byte:02x}");
+    }
+    id
 }
 
 /// The moment the first certificate of the chain expires.

@@ -110,16 +110,19 @@ mod tests {
         assert_eq!(reviews.load(Ordering::SeqCst), 2);
     }
 
+    fn down() -> ReviewError {
+        crate::fault::ReviewFailure {
+            kind: crate::fault::ReviewKind::SubjectAccessReview,
+            cause: crate::fault::ApiserverCause::Unreachable,
+            detail: "down".into(),
+        }
+    }
+
     #[tokio::test]
     async fn failures_are_not_cached() {
         let cache = DecisionCache::new(Duration::from_secs(60), Duration::from_secs(60), 100);
-        let failed = cache
-            .decide(key("a"), async { Err(ReviewError::Failed("down".into())) })
-            .await;
-        assert_eq!(
-            failed.unwrap_err().as_ref(),
-            &ReviewError::Failed("down".into())
-        );
+        let failed = cache.decide(key("a"), async { Err(down()) }).await;
+        assert_eq!(failed.unwrap_err().as_ref(), &down());
         let answered = cache.decide(key("a"), async { Ok(false) }).await.unwrap();
         assert_eq!(answered, (false, Source::Review));
     }

@@ -6,26 +6,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::attributes::{Subresource, Verb};
+use crate::authn::Identity;
+use crate::fault::{FailureReporter, ReviewFailure, ReviewKind};
+use crate::metrics::{Metrics, ReviewLabels};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::Api;
 use kube::api::PostParams;
-use thiserror::Error;
 
-use super::attributes::{Subresource, Verb};
-use crate::authn::Identity;
-use crate::metrics::{Metrics, ReviewLabels};
-
-/// Why a review gave no answer. The request is then refused: an unanswered
-/// question is never an allow.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum ReviewError {
-    #[error("no answer from the apiserver within {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Failed(String),
-}
+/// Why a review gave no answer (and whose fault that is). The request is
+/// then refused: an unanswered question is never an allow.
+pub type ReviewError = ReviewFailure;
 
 /// The review the kubelet would send for this identity and check. Empty
 /// fields are left out, as Go's `omitempty` leaves them out.
@@ -62,6 +55,7 @@ pub struct Reviewer {
     node: String,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    failures: Arc<FailureReporter>,
 }
 
 impl Reviewer {
@@ -70,22 +64,40 @@ impl Reviewer {
         node: String,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        failures: Arc<FailureReporter>,
     ) -> Self {
         Reviewer {
             api: Api::all(client),
             node,
             timeout,
             metrics,
+            failures,
         }
     }
 
-    /// `Ok(true)` only when the apiserver says allowed.
+    /// `Ok(true)` only when the apiserver says allowed. A failure is
+    /// counted and (rate-limited) logged here, once per review sent rather
+    /// than once per request waiting on it.
     pub async fn review(
         &self,
         identity: &Identity,
         verb: Verb,
         subresource: Subresource,
     ) -> Result<bool, ReviewError> {
+        let answer = self.ask(identity, verb, subresource).await;
+        if let Err(failure) = &answer {
+            self.failures.report(failure);
+        }
+        answer
+    }
+
+    async fn ask(
+        &self,
+        identity: &Identity,
+        verb: Verb,
+        subresource: Subresource,
+    ) -> Result<bool, ReviewError> {
+        let kind = ReviewKind::SubjectAccessReview;
         let review = review_for(identity, &self.node, verb, subresource);
         let started = Instant::now();
         let answer = tokio::time::timeout(
@@ -100,11 +112,11 @@ impl Reviewer {
             })
             .observe(started.elapsed().as_secs_f64());
         let answer = answer
-            .map_err(|_| ReviewError::Timeout(self.timeout))?
-            .map_err(|e| ReviewError::Failed(e.to_string()))?;
+            .map_err(|_| ReviewFailure::timeout(kind, self.timeout))?
+            .map_err(|e| ReviewFailure::from_kube(kind, &e))?;
         let status = answer
             .status
-            .ok_or_else(|| ReviewError::Failed("the review came back without a status".into()))?;
+            .ok_or_else(|| ReviewFailure::without_status(kind))?;
         Ok(status.allowed && status.denied != Some(true))
     }
 }

@@ -26,6 +26,11 @@ pub enum ProxyError {
     Unreachable(String),
     #[error("kubelet answered 101 Switching Protocols to a request that did not ask to upgrade")]
     UnexpectedUpgrade,
+    /// An upgrade answered with neither `101` nor an error status. Only the
+    /// status is kept: the kubelet's headers (a `Location`, say) and body
+    /// never reach the caller.
+    #[error("kubelet answered an upgrade request with {0} instead of 101 Switching Protocols")]
+    UpgradeNotSwitched(StatusCode),
     #[error("cannot build the kubelet request: {0}")]
     Request(#[from] http::Error),
 }
@@ -111,21 +116,41 @@ impl Forwarder {
             .body(body)?;
         *outbound.headers_mut() = headers;
 
-        let mut response = self
-            .upstream
-            .send(outbound)
-            .await
-            .map_err(|e| ProxyError::Unreachable(error_chain(&e)))?;
+        let sent = match caller_upgrade {
+            // Never pooled: see `Upstream::send_upgrade`.
+            Some(_) => self.upstream.send_upgrade(outbound).await,
+            None => self.upstream.send(outbound).await,
+        };
+        let mut response = sent.map_err(|e| ProxyError::Unreachable(error_chain(&e)))?;
 
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::prepare_response(response.headers_mut(), switching);
-        match (switching, caller_upgrade) {
-            (false, _) => Ok(response.map(body::boxed)),
-            (true, None) => Err(ProxyError::UnexpectedUpgrade),
-            (true, Some(caller)) => {
+        let Some(caller) = caller_upgrade else {
+            return match switching {
+                false => Ok(response.map(body::boxed)),
+                true => Err(ProxyError::UnexpectedUpgrade),
+            };
+        };
+        match upgrade_answer(response.status()) {
+            UpgradeAnswer::Switch => {
                 let kubelet = hyper::upgrade::on(&mut response);
                 self.spawn_splice(caller, kubelet, observer());
                 Ok(response.map(|_| body::empty()))
+            }
+            answer => {
+                // Neither connection is used again after this answer, as the
+                // apiserver's upgrade proxy closes both: the kubelet's was
+                // never pooled and closes once its body is done (at once for
+                // a refusal, whose body is dropped unread); the caller's gets
+                // `Connection: close`.
+                if answer == UpgradeAnswer::Refuse {
+                    // Dropping the response drops its body unread.
+                    return Err(ProxyError::UpgradeNotSwitched(response.status()));
+                }
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Ok(response.map(body::boxed))
             }
         }
     }
@@ -151,6 +176,36 @@ impl Forwarder {
     }
 }
 
+/// What the gateway does with the kubelet's answer to an upgrade request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeAnswer {
+    /// `101`: relay it and splice the connections.
+    Switch,
+    /// `>= 400`: relay the kubelet's error with its body, then close both
+    /// connections.
+    RelayError,
+    /// Anything else (`1xx` other than 101, `2xx`, `3xx`): a `502` to the
+    /// caller with none of the kubelet's headers, then close both.
+    Refuse,
+}
+
+/// The rule of the apiserver's upgrade-aware proxy
+/// (k8s.io/apimachinery `pkg/util/proxy/upgradeaware.go`, `tryUpgrade`):
+/// an upgrade either switches protocols or fails with an error status; any
+/// other answer is an error of the backend. Relaying it would let a `3xx`
+/// with a `Location` send a redirect-following client, credentials and
+/// all, to another host (CVE-2020-8559), or leave a `2xx` connection in a
+/// state neither side expects.
+pub fn upgrade_answer(status: StatusCode) -> UpgradeAnswer {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        UpgradeAnswer::Switch
+    } else if status.as_u16() >= 400 {
+        UpgradeAnswer::RelayError
+    } else {
+        UpgradeAnswer::Refuse
+    }
+}
+
 /// `error: cause: cause`, because hyper's top-level messages ("client error
 /// (Connect)") say little on their own.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
@@ -162,4 +217,22 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_class_has_one_upgrade_answer() {
+        for code in 100..=599u16 {
+            let status = StatusCode::from_u16(code).unwrap();
+            let expected = match code {
+                101 => UpgradeAnswer::Switch,
+                400.. => UpgradeAnswer::RelayError,
+                _ => UpgradeAnswer::Refuse,
+            };
+            assert_eq!(upgrade_answer(status), expected, "{code}");
+        }
+    }
 }

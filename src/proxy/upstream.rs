@@ -19,6 +19,12 @@ use crate::body::Body;
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// For upgrade requests: a fresh connection each, never pooled, as the
+    /// apiserver's upgrade proxy dials one per upgrade (`DialForUpgrade`).
+    /// A `101` hands the connection over to the splice; any other answer
+    /// leaves it to close as soon as its body is done, so a connection on
+    /// which an upgrade went wrong is never used again.
+    upgrades: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
     authority: Authority,
     /// `Authorization` value for the kubelet (from `--upstream-token-file`).
@@ -81,9 +87,13 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(options.pool_idle_timeout)
             .pool_max_idle_per_host(options.pool_max_idle_per_host)
+            .build(connector.clone());
+        let upgrades = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         Upstream {
             client,
+            upgrades,
             scheme,
             authority,
             token,
@@ -129,5 +139,13 @@ impl Upstream {
         request: Request<Body>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(request).await
+    }
+
+    /// Sends an upgrade request on a connection of its own (see `upgrades`).
+    pub async fn send_upgrade(
+        &self,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.upgrades.request(request).await
     }
 }

@@ -7,6 +7,7 @@
 
 mod client_auth;
 mod client_ca;
+pub mod coverage;
 mod options;
 mod pem;
 pub mod reload;
@@ -50,4 +51,8 @@ pub enum TlsError {
     UnknownCipherSuite(String, String),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The serving certificate does not cover the node and
+    /// `--serving-cert-coverage=refuse` is set (see [`coverage`]).
+    #[error("{0}")]
+    Coverage(String),
 }

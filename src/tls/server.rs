@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::TlsError;
 use super::client_auth::RequestClientCert;
 use super::client_ca::ClientCa;
+use super::coverage::ServingCoverage;
 use super::options::TlsOptions;
 use super::pem::{load_certificates, load_private_key};
 
@@ -168,6 +169,9 @@ impl ResolvesServerCert for FixedCert {
 pub struct ServingTls {
     options: TlsOptions,
     provider: Arc<CryptoProvider>,
+    /// Checks every serving certificate before it is used (file, reload or
+    /// CSR alike): one place, so no source of certificates skips it.
+    coverage: Option<Arc<ServingCoverage>>,
     pieces: Mutex<Pieces>,
     updates: watch::Sender<Option<Arc<TlsState>>>,
 }
@@ -182,11 +186,13 @@ impl ServingTls {
     pub fn new(
         options: TlsOptions,
         provider: Arc<CryptoProvider>,
+        coverage: Option<Arc<ServingCoverage>>,
     ) -> (Arc<ServingTls>, watch::Receiver<Option<Arc<TlsState>>>) {
         let (updates, current) = watch::channel(None);
         let serving = ServingTls {
             options,
             provider,
+            coverage,
             pieces: Mutex::new(Pieces::default()),
             updates,
         };
@@ -199,6 +205,7 @@ impl ServingTls {
         serving: Arc<ServingCert>,
         client_ca: Option<Arc<ClientCa>>,
     ) -> Result<(), TlsError> {
+        self.admit(&serving)?;
         let mut pieces = self.pieces.lock().unwrap_or_else(|p| p.into_inner());
         self.publish(&serving, client_ca.clone())?;
         *pieces = Pieces {
@@ -210,6 +217,7 @@ impl ServingTls {
 
     /// Replaces the serving certificate, keeping the client CA.
     pub fn set_serving(&self, serving: Arc<ServingCert>) -> Result<(), TlsError> {
+        self.admit(&serving)?;
         let mut pieces = self.pieces.lock().unwrap_or_else(|p| p.into_inner());
         self.publish(&serving, pieces.client_ca.clone())?;
         pieces.serving = Some(serving);
@@ -224,6 +232,15 @@ impl ServingTls {
         }
         pieces.client_ca = client_ca;
         Ok(())
+    }
+
+    /// The coverage check ([`ServingCoverage::admit`]): an error only when
+    /// the certificate must not be used.
+    fn admit(&self, serving: &ServingCert) -> Result<(), TlsError> {
+        match (&self.coverage, serving.certified.cert.first()) {
+            (Some(coverage), Some(leaf)) => coverage.admit(leaf).map_err(TlsError::Coverage),
+            _ => Ok(()),
+        }
     }
 
     fn publish(

@@ -157,7 +157,8 @@ async fn the_binary_writes_a_json_access_log_and_stops_cleanly_on_sigterm() {
     let exec = &access[0];
     assert_eq!(exec["message"], "request");
     assert_eq!(exec["user"], "kube-apiserver-kubelet-client");
-    assert_eq!(exec["groups"], "system:masters");
+    // The reviewed identity: the O, then the group adder's (issue 14).
+    assert_eq!(exec["groups"], "system:masters,system:authenticated");
     assert_eq!(exec["authn"], "x509");
     assert_eq!(exec["method"], "POST");
     assert_eq!(exec["path"], "/exec/default/demo/app", "no query string");
@@ -276,4 +277,54 @@ async fn start_kubelet(certs: &Certs) -> DemoKubelet {
         ..Default::default()
     };
     start_tls_kubelet(certs, "127.0.0.1:0".parse().unwrap(), options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_warns_about_a_serving_certificate_that_misses_the_node_ip() {
+    // Issue 14, part 4: the dev serving certificate carries IP:127.0.0.1
+    // and DNS:localhost, not 10.0.0.5.
+    let certs = Certs::new();
+    let kubelet = start_kubelet(&certs).await;
+    let running = Running::start_with(
+        &certs,
+        kubelet.addr(),
+        "authorizationMode: Static\nauthenticationTokenWebhook: false\nnodeIp: [10.0.0.5, 127.0.0.1]\nnodeHostname: [localhost]\n",
+    )
+    .await;
+    let warnings: Vec<_> = running
+        .startup
+        .iter()
+        .filter(|l| l["level"] == "WARN" && l.get("missing_sans").is_some())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", running.startup);
+    assert_eq!(warnings[0]["missing_sans"], "IP:10.0.0.5");
+}
+
+#[test]
+fn the_binary_refuses_to_start_on_a_gap_when_asked() {
+    let certs = Certs::new();
+    let d = certs.dir().display();
+    let (code, stderr) = serve(&[
+        "--node-name",
+        NODE,
+        "--tls-cert-file",
+        &format!("{d}/serving.crt"),
+        "--tls-private-key-file",
+        &format!("{d}/serving.key"),
+        "--upstream-ca-file",
+        &format!("{d}/ca.crt"),
+        "--authorization-mode",
+        "Static",
+        "--authentication-token-webhook=false",
+        "--secure-listen-address",
+        "127.0.0.1:0",
+        "--admin-listen-address",
+        "127.0.0.1:0",
+        "--node-ip",
+        "10.0.0.5",
+        "--serving-cert-coverage",
+        "refuse",
+    ]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("does not cover IP:10.0.0.5"), "{stderr}");
 }

@@ -234,7 +234,10 @@ async fn a_kubelet_that_switches_protocols_unasked_gets_a_502() {
 }
 
 #[tokio::test]
-async fn an_upgrade_answered_with_200_is_relayed_and_the_connection_stays_http() {
+async fn an_upgrade_answered_with_200_is_a_502_and_the_connection_closes() {
+    // Issue 14: only 101 or an error status may answer an upgrade (the
+    // apiserver's upgrade-aware proxy rule); a 200 used to be relayed and
+    // the connection kept as HTTP.
     let env = Env::start_full(
         DemoKubeletOptions {
             misbehave: true,
@@ -247,14 +250,15 @@ async fn an_upgrade_answered_with_200_is_relayed_and_the_connection_stays_http()
     conn.write(spdy_request("/exec/default/demo/app?command=id").as_bytes())
         .await;
     let head = conn.read_head().await.unwrap();
-    assert_eq!(head.status, 200);
-    let length: usize = head.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(head.status, 502);
+    assert_eq!(head.header("connection"), Some("close"));
+    let mut rest = head.rest;
+    rest.extend(conn.read_to_end().await);
     assert_eq!(
-        conn.read_exact_after(head.rest, length).await,
-        b"not switching protocols"
+        String::from_utf8(rest).unwrap(),
+        "Bad Gateway: kubelet answered an upgrade request with 200 OK instead of 101 Switching Protocols",
+        "the kubelet's body is not relayed, and the connection ends"
     );
-    conn.write(b"GET /pods HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(conn.read_head().await.unwrap().status, 200, "still HTTP");
 }
 
 fn carol() -> TokenUser {
@@ -325,15 +329,19 @@ async fn subjects_become_exactly_the_users_and_groups_they_name() {
 
     let reviews = env.api().subject_access_reviews();
     assert_eq!(reviews[0]["spec"]["user"], "many-groups");
+    // Then the kubelet's group adder's `system:authenticated` (issue 14).
+    let mut expected = groups.clone();
+    expected.push("system:authenticated".into());
     assert_eq!(
         reviews[0]["spec"]["groups"],
-        json!(groups),
+        json!(expected),
         "every O, in order"
     );
     assert_eq!(reviews[1]["spec"]["user"], "no-groups");
-    assert!(
-        reviews[1]["spec"].get("groups").is_none(),
-        "no O, no groups"
+    assert_eq!(
+        reviews[1]["spec"]["groups"],
+        json!(["system:authenticated"]),
+        "no O, only the group every authenticated user has"
     );
 }
 

@@ -1,6 +1,7 @@
 //! SubjectAccessReview and TokenReview against a fake apiserver, through the
 //! gateway's real kube client: what is asked, how answers are cached, and
-//! that every failure refuses the request.
+//! that every failure refuses the request. (Who is blamed for a failure:
+//! `faults.rs`; the identity in the reviews: `identity.rs`.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +25,10 @@ fn no_caching(settings: &mut kubelet_guard::config::Settings) {
     settings.authorization_webhook_cache_unauthorized_ttl = Some(GoDuration(Duration::ZERO));
 }
 
-/// The review body the kubelet's webhook authorizer sends.
-fn expected_review(verb: &str, subresource: &str) -> serde_json::Value {
+/// The review body the kubelet's webhook authorizer sends for alice's
+/// certificate (whose credential id is `credential_id`): her O values, then
+/// the group adder's `system:authenticated` (see `identity.rs`).
+fn expected_review(verb: &str, subresource: &str, credential_id: &str) -> serde_json::Value {
     json!({
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
@@ -39,7 +42,8 @@ fn expected_review(verb: &str, subresource: &str) -> serde_json::Value {
                 "version": "v1"
             },
             "user": "alice",
-            "groups": ["team-a", "team-b"]
+            "groups": ["team-a", "team-b", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/credential-id": [credential_id]}
         }
     })
 }
@@ -88,14 +92,24 @@ async fn every_row_of_the_mapping_table_sends_the_kubelets_review() {
         (Method::PUT, "/debug/flags/v", "update", &["proxy"]),
         (Method::PATCH, "/flagz", "patch", &["configz"]),
     ];
+    let mut credential_id = String::new();
     for (method, path, verb, subresources) in rows {
         let before = env.api().subject_access_reviews().len();
         let (status, _) = env.call(&who, method.clone(), path, None).await;
         assert_eq!(status, 403, "{method} {path}");
         let sent = &env.api().subject_access_reviews()[before..];
+        if credential_id.is_empty() {
+            // Checked against openssl's fingerprint in `identity.rs`.
+            credential_id = sent[0]["spec"]["extra"]["authentication.kubernetes.io/credential-id"]
+                [0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+            assert!(credential_id.starts_with("X509SHA256="), "{credential_id}");
+        }
         let expected: Vec<_> = subresources
             .iter()
-            .map(|s| expected_review(verb, s))
+            .map(|s| expected_review(verb, s, &credential_id))
             .collect();
         assert_eq!(sent, expected, "{method} {path}");
     }
@@ -356,10 +370,11 @@ async fn an_unreachable_apiserver_fails_closed_but_cached_allows_keep_serving() 
     );
 
     let (status, body) = env.get(&who, "/containerLogs/default/demo/app").await;
-    assert_eq!(status, 403);
+    // The kubelet's status and text (issue 14: was 403 with a suffix).
+    assert_eq!(status, 500);
     assert_eq!(
         body,
-        "Authorization error (user=alice, verb=get, resource=nodes, subresource=proxy): authorization could not be checked"
+        "Authorization error (user=alice, verb=get, resource=nodes, subresource=proxy)"
     );
     let (status, _) = env
         .call(&Identity::Nobody, Method::GET, "/pods", Some("bob-token"))
@@ -391,7 +406,8 @@ async fn a_slow_or_broken_apiserver_fails_closed_within_the_review_timeout() {
         env.api().set_behaviour(behaviour);
         let started = Instant::now();
         let (status, body) = env.get(&who, target).await;
-        assert_eq!(status, 403, "{behaviour:?}");
+        // 500 as the kubelet answers it (issue 14: was 403).
+        assert_eq!(status, 500, "{behaviour:?}");
         assert!(
             body.starts_with("Authorization error (user=alice"),
             "{behaviour:?}: {body}"

@@ -19,10 +19,24 @@ pub struct Running {
     pub child: Child,
     pub addr: SocketAddr,
     pub lines: Lines<BufReader<ChildStdout>>,
+    /// The log lines before the `serving` line (start-up warnings).
+    pub startup: Vec<Value>,
 }
 
 impl Running {
     pub async fn start(certs: &Certs, kubelet: SocketAddr) -> Running {
+        Running::start_with(
+            certs,
+            kubelet,
+            "authorizationMode: Static\nauthenticationTokenWebhook: false\n",
+        )
+        .await
+    }
+
+    /// Like [`Running::start`], with `modes` (YAML lines) choosing how it
+    /// authenticates and authorizes instead of static rules only — e.g.
+    /// `authorizationMode: Webhook` and a `kubeconfig` for a fake apiserver.
+    pub async fn start_with(certs: &Certs, kubelet: SocketAddr, modes: &str) -> Running {
         let d = certs.dir().display();
         let config = certs.path("config.yaml");
         std::fs::write(
@@ -32,7 +46,7 @@ impl Running {
                  tlsCertFile: {d}/serving.crt\ntlsPrivateKeyFile: {d}/serving.key\nclientCaFile: {d}/ca.crt\n\
                  upstream: https://{kubelet}\nupstreamCaFile: {d}/ca.crt\n\
                  upstreamClientCertFile: {d}/gateway-client.crt\nupstreamClientKeyFile: {d}/gateway-client.key\n\
-                 authorizationMode: Static\nauthenticationTokenWebhook: false\nshutdownGracePeriod: 5s\n\
+                 {modes}shutdownGracePeriod: 5s\n\
                  authorization:\n  static:\n    - group: system:masters\n      verbs: ['*']\n      subresources: ['*']\n"
             ),
         )
@@ -48,12 +62,14 @@ impl Running {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             lines,
+            startup: Vec::new(),
         };
         let serving = loop {
             let line = running.next_json().await;
             if line["message"] == "serving" {
                 break line;
             }
+            running.startup.push(line);
         };
         running.addr = serving["address"].as_str().unwrap().parse().unwrap();
         running

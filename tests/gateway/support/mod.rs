@@ -7,6 +7,7 @@
 pub mod apiserver;
 pub mod binary;
 pub mod h2raw;
+pub mod scripted;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
