@@ -7,10 +7,11 @@
 #   docker build -t registry.example.com/kubelet-guard:0.1.0 .
 #   docker push registry.example.com/kubelet-guard:0.1.0
 #
-# NOT BUILT where it was written: that environment had no running container
-# engine. What was checked there: the same `cargo build --release --locked
-# --bin kubelet-guard` on a clean export of the repository, and that the
-# binary needs only libc, libm and libgcc_s (all in distroless/cc-debian12).
+# Not built by CI (no container engine there). Its engine-less twin,
+# image/kubelet-guard, reads USER, ENTRYPOINT, CMD, EXPOSE and the binary's
+# path from this file's final stage and writes the same image (libraries from
+# the build host instead of distroless); that image is what e2e/realnode
+# deploys on a real kubelet. Change the final stage here and both follow.
 #
 # Needs BuildKit (the default builder since Docker 23; podman/buildah support
 # the cache mounts too). The cache mounts keep the cargo registry and the

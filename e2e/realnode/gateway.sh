@@ -104,19 +104,22 @@ sc_serving_cert_from_signer() {
 # stream ends cleanly when the old pod drains, and the node answers again
 # once the new pod is Ready.
 sc_rollout_restart() {
-	local f=$D/follow-rollout pid
+	local f=$D/follow-rollout pid t0 ended ready
 	pid=$(follow_ticker "$f") || fail "logs -f did not start" || return
+	t0=$SECONDS
 	kubectl -n "$GW_NS" rollout restart daemonset/kubelet-guard >/dev/null || fail "rollout restart" || return
 	# --shutdown-grace-period=30s in the DaemonSet: the stream ends by then.
 	wait_until "logs -f to end" 60 test -e "$f.rc" || fail "logs -f still running 60 s after the restart" || return
+	ended=$((SECONDS - t0))
 	[[ $(cat "$f.rc") == 0 ]] || fail "logs -f exited $(cat "$f.rc"): $(head -c 200 "$f.err")" || return
 	kubectl -n "$GW_NS" rollout status daemonset/kubelet-guard --timeout=180s >/dev/null || fail "rollout did not finish" || return
+	ready=$((SECONDS - t0))
 	local out
 	out=$(timeout 30 kubectl -n "$NS" exec web -- echo after-restart 2>&1) || fail "exec after the restart: $out" || return
 	[[ $out == after-restart ]] || fail "exec after the restart printed: $out" || return
 	out=$(timeout 30 kubectl -n "$NS" logs logger --tail=1 2>&1) || fail "logs after the restart: $out" || return
 	[[ $out == "line 50" ]] || fail "logs after the restart printed: $out" || return
-	echo "rollout restart: logs -f ended with exit 0 after $(wc -l <"$f") lines; exec and logs answered once the new pod was Ready" >>"$D/transcript"
+	echo "rollout restart: logs -f ended with exit 0 after ${ended} s ($(wc -l <"$f") lines); new pod Ready after ${ready} s; exec and logs answered then" >>"$D/transcript"
 }
 
 # The serving certificate rotates through kube-controller-manager's signer
@@ -124,7 +127,7 @@ sc_rollout_restart() {
 # lifetime, like the kubelet), and a kubectl logs -f opened before the swap
 # keeps streaming after it.
 sc_cert_rotation() {
-	local f=$D/follow-rotation pid before after end
+	local f=$D/follow-rotation pid before after end t0=$SECONDS
 	before=$(serving_serial)
 	[[ -n $before ]] || fail "no serving certificate" || return
 	pid=$(follow_ticker "$f") || fail "logs -f did not start" || return
@@ -138,5 +141,5 @@ sc_cert_rotation() {
 	lines_grow "$f" 10 20 || fail "logs -f stopped after the swap" || return
 	[[ ! -e $f.rc ]] || fail "logs -f exited at the swap: $(head -c 200 "$f.err")" || return
 	stop_follow "$pid"
-	echo "serving certificate ${before#serial=} -> ${after#serial=}; logs -f kept streaming" >>"$D/transcript"
+	echo "serving certificate ${before#serial=} -> ${after#serial=} after $((SECONDS - t0)) s of waiting; logs -f kept streaming; $(grep -c approved "$D/logs/approver.log") CSRs approved in the run so far" >>"$D/transcript"
 }

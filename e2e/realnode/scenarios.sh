@@ -315,9 +315,9 @@ sc_token_scrape() {
 ws_exec() {
 	local token=$1
 	shift
-	python3 - "$NODE_IP" "$D/pki/ca.crt" "$token" "$@" <<'EOF'
+	python3 - "$NODE_IP" "$D/pki/ca.crt" "$D/ws.body" "$token" "$@" <<'EOF'
 import base64, os, socket, ssl, sys, urllib.parse
-host, ca, token, *command = sys.argv[1:]
+host, ca, body_file, token, *command = sys.argv[1:]
 query = urllib.parse.urlencode([("command", c) for c in command] + [("output", "1"), ("error", "1")])
 ctx = ssl.create_default_context(cafile=ca)
 with socket.create_connection((host, 10250), timeout=20) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
@@ -331,13 +331,18 @@ with socket.create_connection((host, 10250), timeout=20) as raw, ctx.wrap_socket
         if not chunk:
             break
         head += chunk
-    print(head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "no-answer")
-    # Read until the kubelet closes: the command has finished by then.
+    status = head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "no-answer"
+    print(status)
+    # Read until the other side closes: the command has finished by then.
+    rest = head.split(b"\r\n\r\n", 1)[-1]
     try:
-        while s.recv(65536):
-            pass
+        while chunk := s.recv(65536):
+            rest += chunk
     except (OSError, ssl.SSLError):
         pass
+    # The refusal's body, for the transcript (frames of a 101 are not text).
+    with open(body_file, "w") as f:
+        f.write("" if status == "101" else rest[:300].decode(errors="replace").strip())
 EOF
 }
 
@@ -350,7 +355,7 @@ sc_ws_exec_hole() {
 	local want=$1 marker=/tmp/hole-$PASS_LABEL code ran=no
 	code=$(ws_exec "$READER_TOKEN" touch "$marker") || fail "ws_exec: $code" || return
 	kubectl -n "$NS" exec web -- test -e "$marker" 2>/dev/null && ran=yes
-	echo "get-nodes/proxy user, WebSocket exec touch $marker: HTTP $code, command ran: $ran" >>"$D/transcript"
+	echo "get-nodes/proxy user, WebSocket exec touch $marker: HTTP $code $(cat "$D/ws.body" 2>/dev/null), command ran: $ran" >>"$D/transcript"
 	[[ $code == "$want" ]] || fail "status $code, want $want (command ran: $ran)" || return
 	if [[ $want == 101 ]]; then
 		[[ $ran == yes ]] || fail "101 but the command did not run" || return
