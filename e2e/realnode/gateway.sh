@@ -100,8 +100,11 @@ sc_serving_cert_from_signer() {
 		openssl x509 -noout -subject -ext subjectAltName 2>/dev/null) || fail "no verified certificate for IP $NODE_IP" || return
 	grep -q "CN = system:node:$NODE" <<<"$subject" && grep -q "IP Address:$NODE_IP" <<<"$subject" ||
 		fail "unexpected certificate: $subject" || return
-	kubectl get csr -o jsonpath='{range .items[*]}{.spec.username} {.status.certificate}{"\n"}{end}' |
-		grep -q "^system:serviceaccount:$GW_NS:kubelet-guard ." || fail "no issued CSR from the gateway's ServiceAccount" || return
+	# Not `kubectl | grep -q` under pipefail: kubectl gets SIGPIPE on the
+	# certificates that follow the first match.
+	local csrs
+	csrs=$(kubectl get csr -o jsonpath='{range .items[*]}{.spec.username} {.status.certificate}{"\n"}{end}') || fail "kubectl get csr" || return
+	grep -q "^system:serviceaccount:$GW_NS:kubelet-guard ." <<<"$csrs" || fail "no issued CSR from the gateway's ServiceAccount" || return
 }
 
 # kubectl -n kubelet-guard rollout restart while a kubectl logs -f runs: the
