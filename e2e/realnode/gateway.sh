@@ -3,12 +3,13 @@
 # there; sourced by e2e/realnode/inside.
 
 GW_NS=kubelet-guard
+GW_OVERLAY=${GW_OVERLAY:-$SRC/overlay}
 
 # gateway_apply: step 1 and 2 of docs/deploy.md "Rollout" — the kustomize
 # base (through e2e/realnode/overlay) and the gateway's kubelet client
 # certificate. No node is enrolled yet, so no pod runs.
 gateway_apply() {
-	kubectl apply -k "$SRC/overlay" >/dev/null
+	kubectl apply -k "$GW_OVERLAY" >/dev/null
 	kubectl -n "$GW_NS" create secret tls kubelet-guard-kubelet-client \
 		--cert "$D/pki/kubelet-guard-client.crt" --key "$D/pki/kubelet-guard-client.key" >/dev/null
 }
@@ -77,11 +78,14 @@ sc_image_shape() {
 }
 
 # The gateway's access log names the apiserver's client certificate: the TLS
-# session is apiserver ↔ kubelet-guard, authenticated end to end.
+# session is apiserver ↔ kubelet-guard, authenticated end to end. Arguments
+# go to kubectl logs (--since-time=...).
 sc_access_log_identity() {
 	local log
-	log=$(kubectl -n "$GW_NS" logs "$(gateway_pod)") || fail "kubectl logs of the gateway pod" || return
-	grep '"user":"kube-apiserver-kubelet-client"' <<<"$log" | grep -q '"decision":"allowed"' ||
+	log=$(kubectl -n "$GW_NS" logs "$(gateway_pod)" "$@") || fail "kubectl logs of the gateway pod" || return
+	# One grep: with pipefail, `grep | grep -q` fails when the first one gets
+	# SIGPIPE on a long log.
+	grep -q '"user":"kube-apiserver-kubelet-client",.*"decision":"allowed"' <<<"$log" ||
 		fail "no allowed request from kube-apiserver-kubelet-client in the access log: $(tail -n 3 <<<"$log")"
 }
 
@@ -96,8 +100,11 @@ sc_serving_cert_from_signer() {
 		openssl x509 -noout -subject -ext subjectAltName 2>/dev/null) || fail "no verified certificate for IP $NODE_IP" || return
 	grep -q "CN = system:node:$NODE" <<<"$subject" && grep -q "IP Address:$NODE_IP" <<<"$subject" ||
 		fail "unexpected certificate: $subject" || return
-	kubectl get csr -o jsonpath='{range .items[*]}{.spec.username} {.status.certificate}{"\n"}{end}' |
-		grep -q "^system:serviceaccount:$GW_NS:kubelet-guard ." || fail "no issued CSR from the gateway's ServiceAccount" || return
+	# Not `kubectl | grep -q` under pipefail: kubectl gets SIGPIPE on the
+	# certificates that follow the first match.
+	local csrs
+	csrs=$(kubectl get csr -o jsonpath='{range .items[*]}{.spec.username} {.status.certificate}{"\n"}{end}') || fail "kubectl get csr" || return
+	grep -q "^system:serviceaccount:$GW_NS:kubelet-guard ." <<<"$csrs" || fail "no issued CSR from the gateway's ServiceAccount" || return
 }
 
 # kubectl -n kubelet-guard rollout restart while a kubectl logs -f runs: the

@@ -12,9 +12,21 @@
 #
 # Needs $BIN (kubelet, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, crireset), $D (work dir), $SRC (this folder).
+#
+# One namespace by default: the control plane and the node share it, and the
+# apiserver is reached at the node IP. With CP_NETNS set (e2e/realnode/run
+# --konnectivity), etcd, kube-apiserver, kube-controller-manager and
+# kube-scheduler run in that network namespace instead (cp_pidfile), and
+# API_IP is the control plane's address there.
 
 NODE=realnode
 NODE_IP=10.250.0.1
+API_IP=${API_IP:-$NODE_IP}
+CP_NETNS=${CP_NETNS:-}
+# Extra kube-apiserver flags (--egress-selector-config-file), and the CA it
+# verifies kubelet serving certificates with (default: the cluster CA).
+APISERVER_EXTRA=()
+KUBELET_CA=${KUBELET_CA:-}
 API_PORT=6443
 POD_CIDR=10.244.0.0/24
 
@@ -24,6 +36,15 @@ pidfile() {
 	shift
 	"$@" >"$D/logs/$name.log" 2>&1 &
 	echo $! >"$D/pids/$name"
+}
+
+# cp_pidfile NAME CMD...: pidfile, in the control plane's network namespace.
+# nsenter --net execs CMD without forking, so the pid is CMD's.
+cp_pidfile() {
+	local name=$1 pre=()
+	shift
+	[[ -z $CP_NETNS ]] || pre=(nsenter "--net=$CP_NETNS")
+	pidfile "$name" "${pre[@]}" "$@"
 }
 
 # stop_pid NAME: TERM, 5 s, KILL.
@@ -58,7 +79,7 @@ kubeconfig() {
 	cat >"$D/$1.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
-clusters: [{name: c, cluster: {server: "https://$NODE_IP:$API_PORT", certificate-authority: $D/pki/ca.crt}}]
+clusters: [{name: c, cluster: {server: "https://$API_IP:$API_PORT", certificate-authority: $D/pki/ca.crt}}]
 users: [{name: u, user: {client-certificate: $D/pki/$1.crt, client-key: $D/pki/$1.key}}]
 contexts: [{name: x, context: {cluster: c, user: u}}]
 current-context: x
@@ -78,7 +99,9 @@ node_pki() {
 			-days 2 -extfile "$p/$1.ext" 2>/dev/null
 	}
 	local client='extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature'
-	cert apiserver /CN=kube-apiserver "subjectAltName=IP:$NODE_IP,IP:127.0.0.1,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature"
+	local api_sans=IP:$NODE_IP
+	[[ $API_IP == "$NODE_IP" ]] || api_sans+=,IP:$API_IP
+	cert apiserver /CN=kube-apiserver "subjectAltName=$api_sans,IP:127.0.0.1,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature"
 	# The kubelet's own serving certificate: IP SANs for the node IP (the
 	# apiserver's dial in the baseline) and loopback.
 	cert kubelet "/O=system:nodes/CN=system:node:$NODE" "subjectAltName=IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature"
@@ -146,36 +169,45 @@ EOF
 node_control_plane() {
 	local p=$D/pki
 	# The kubelet refuses a loopback node IP, and this kernel has no dummy
-	# driver: the node IP lives on this namespace's lo.
-	ip addr add "$NODE_IP/32" dev lo 2>/dev/null || true
-	pidfile etcd etcd --name "$NODE" --data-dir "$D/etcd" \
+	# driver: the node IP lives on this namespace's lo (with --konnectivity,
+	# on the node's end of the veth, set up by e2e/realnode/run).
+	[[ -n $CP_NETNS ]] || ip addr add "$NODE_IP/32" dev lo 2>/dev/null || true
+	cp_pidfile etcd etcd --name "$NODE" --data-dir "$D/etcd" \
 		--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
 		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
 		--initial-cluster "$NODE=http://127.0.0.1:2380" --unsafe-no-fsync
-	# --kubelet-certificate-authority: the apiserver verifies whatever answers
-	# <node-ip>:10250 — the kubelet in the baseline, kubelet-guard after.
-	# Admission defaults (ServiceAccount included) plus NodeRestriction.
-	pidfile kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
-		--bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port "$API_PORT" \
-		--cert-dir "$D/apiserver-certs" --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
-		--client-ca-file "$p/ca.crt" --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
-		--service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/12 \
-		--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-		--kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
-		--kubelet-certificate-authority "$p/ca.crt" --kubelet-preferred-address-types InternalIP
-	wait_until kube-apiserver 90 kubectl get --raw /readyz
+	node_apiserver_start
 	# The DaemonSet controller, the kubelet-serving CSR signer (the cluster CA,
 	# CERT_DURATION per certificate so rotation happens within the run), the
 	# kube-root-ca.crt publisher and the ServiceAccount controllers.
-	pidfile kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$D/controller-manager.kubeconfig" \
+	cp_pidfile kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$D/controller-manager.kubeconfig" \
 		--authentication-kubeconfig "$D/controller-manager.kubeconfig" --authorization-kubeconfig "$D/controller-manager.kubeconfig" \
 		--bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials \
 		--cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
 		--cluster-signing-duration "$CERT_DURATION" --root-ca-file "$p/ca.crt" \
 		--service-account-private-key-file "$p/sa.key"
-	pidfile kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$D/scheduler.kubeconfig" \
+	cp_pidfile kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$D/scheduler.kubeconfig" \
 		--authentication-kubeconfig "$D/scheduler.kubeconfig" --authorization-kubeconfig "$D/scheduler.kubeconfig" \
 		--bind-address 127.0.0.1 --leader-elect=false
+}
+
+# node_apiserver_start: kube-apiserver with APISERVER_EXTRA and KUBELET_CA;
+# also how --konnectivity restarts it (stop_pid kube-apiserver first).
+node_apiserver_start() {
+	local p=$D/pki
+	# --kubelet-certificate-authority: the apiserver verifies whatever answers
+	# <node-ip>:10250 — the kubelet in the baseline, kubelet-guard after.
+	# Admission defaults (ServiceAccount included) plus NodeRestriction.
+	cp_pidfile kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
+		--bind-address 0.0.0.0 --advertise-address "$API_IP" --secure-port "$API_PORT" \
+		--cert-dir "$D/apiserver-certs" --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
+		--client-ca-file "$p/ca.crt" --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
+		--service-account-issuer https://kubernetes.default.svc --service-cluster-ip-range 10.96.0.0/12 \
+		--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+		--kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
+		--kubelet-certificate-authority "${KUBELET_CA:-$p/ca.crt}" --kubelet-preferred-address-types InternalIP \
+		"${APISERVER_EXTRA[@]}"
+	wait_until kube-apiserver 90 kubectl get --raw /readyz
 }
 
 # node_kubelet_start: the kubelet as a node's kubeadm-like config describes
@@ -233,7 +265,7 @@ node_kubelet_stop() {
 # node_down: idempotent; also run by the outer script if this one died.
 node_down() {
 	local name
-	for name in approver kubelet; do stop_pid "$name"; done
+	for name in approver konnectivity-agent kubelet; do stop_pid "$name"; done
 	# Sandboxes first: CNI DEL, netns, shm and rootfs mounts go with
 	# StopPodSandbox/RemovePodSandbox, which need containerd running.
 	if [[ -S $D/containerd/containerd.sock ]] && [[ -f $D/pids/containerd ]]; then
@@ -242,7 +274,7 @@ node_down() {
 	# A sandbox the kubelet was still creating when it stopped is not listed
 	# yet: its shim outlives containerd. Stop the shims of this run's socket.
 	pkill -f "containerd-shim-runc-v2 .*-address $D/containerd/containerd.sock" 2>/dev/null || true
-	for name in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$name"; done
+	for name in containerd kube-scheduler kube-controller-manager kube-apiserver konnectivity-server etcd; do stop_pid "$name"; done
 	# The kubelet bind-mounts its root dir onto itself (rshared).
 	awk -v d="$D/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
 	# What the kubelet writes outside its root dir.

@@ -151,14 +151,16 @@ sc_logs_timestamps() {
 }
 
 sc_logs_previous() {
-	local out end=$((SECONDS + 60))
+	local out end=$((SECONDS + 330))
 	# The kubelet keeps one dead container per container: while crasher is
 	# between a crash and its restart, "previous" names the one before, which
 	# is gone ("unable to retrieve container logs"). Ask again until a
-	# previous instance exists, as a person would.
+	# previous instance exists, as a person would. The crash-loop back-off
+	# doubles up to 300 s, and crasher runs 2 s per restart: a late pass may
+	# wait that long for its window.
 	until out=$(timeout 30 kubectl -n "$NS" logs crasher --previous 2>&1) && grep -qx 'crash run' <<<"$out"; do
 		((SECONDS < end)) || fail "kubectl logs --previous: ${out:0:200}" || return
-		sleep 2
+		sleep 0.5
 	done
 	grep -qx 'crash to stderr' <<<"$out" || fail "unexpected output: ${out:0:200}" || return
 	sort <<<"$out" | saw logs-previous
