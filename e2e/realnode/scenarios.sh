@@ -39,9 +39,24 @@ workloads() {
 	# ServiceAccount admission needs the namespace's default ServiceAccount,
 	# which kube-controller-manager creates a moment later.
 	wait_until "serviceaccount $NS/default" 60 kubectl -n "$NS" get serviceaccount default
-	local pod
-	pod() { # NAME COMMAND [EXTRA-CONTAINER-YAML]
-		cat <<EOF
+	{
+		pod_yaml web 'mkdir -p /www && head -c 10485760 /dev/urandom > /www/big && echo ready && exec httpd -f -v -p 8080 -h /www'
+		pod_yaml logger 'for i in $(seq 1 50); do echo "line $i"; done; exec sleep 1000000'
+		pod_yaml ticker 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.2; done'
+		pod_yaml crasher 'echo "crash run"; echo "crash to stderr" >&2; sleep 2; exit 3'
+	} | kubectl apply -f - >/dev/null
+	kubectl -n "$NS" wait --for=condition=Ready pod/web pod/logger pod/ticker --timeout=120s >/dev/null
+	# crasher must have restarted once for --previous.
+	wait_until "crasher restarted" 60 bash -c "[[ \$(kubectl -n $NS get pod crasher -o jsonpath='{.status.containerStatuses[0].restartCount}') -ge 1 ]]"
+	BIG_SHA=$(kubectl -n "$NS" exec web -- sha256sum /www/big | cut -d' ' -f1)
+	head -c $((10 << 20)) /dev/urandom >"$D/blob"
+	BLOB_SHA=$(sha256sum <"$D/blob" | cut -d' ' -f1)
+}
+
+# pod_yaml NAME SCRIPT [EXTRA-CONTAINER-FIELDS]: a busybox pod in $NS whose
+# one container, main, runs `sh -c SCRIPT`.
+pod_yaml() {
+	cat <<EOF
 ---
 apiVersion: v1
 kind: Pod
@@ -57,34 +72,11 @@ spec:
     command: ["sh", "-c", $(printf '%s' "$2" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')]
 ${3:-}
 EOF
-	}
-	{
-		pod web 'mkdir -p /www && head -c 10485760 /dev/urandom > /www/big && echo ready && exec httpd -f -v -p 8080 -h /www'
-		pod logger 'for i in $(seq 1 50); do echo "line $i"; done; exec sleep 1000000'
-		pod ticker 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.2; done'
-		pod crasher 'echo "crash run"; echo "crash to stderr" >&2; sleep 2; exit 3'
-	} | kubectl apply -f - >/dev/null
-	kubectl -n "$NS" wait --for=condition=Ready pod/web pod/logger pod/ticker --timeout=120s >/dev/null
-	# crasher must have restarted once for --previous.
-	wait_until "crasher restarted" 60 bash -c "[[ \$(kubectl -n $NS get pod crasher -o jsonpath='{.status.containerStatuses[0].restartCount}') -ge 1 ]]"
-	BIG_SHA=$(kubectl -n "$NS" exec web -- sha256sum /www/big | cut -d' ' -f1)
-	head -c $((10 << 20)) /dev/urandom >"$D/blob"
-	BLOB_SHA=$(sha256sum <"$D/blob" | cut -d' ' -f1)
 }
 
 # attach_pod NAME: a pod whose main process is `cat` on stdinOnce stdin.
 attach_pod() {
-	kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: $1, namespace: $NS}
-spec:
-  automountServiceAccountToken: false
-  enableServiceLinks: false
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: main, image: registry.local/busybox:1, imagePullPolicy: Never, command: ["cat"], stdin: true, stdinOnce: true}
-EOF
+	pod_yaml "$1" 'exec cat' $'    stdin: true\n    stdinOnce: true' | kubectl apply -f - >/dev/null
 	kubectl -n "$NS" wait --for=condition=Ready "pod/$1" --timeout=60s >/dev/null
 }
 
