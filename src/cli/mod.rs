@@ -110,12 +110,14 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Logs, the access log included, go to stdout: one JSON object per line, or
-/// text for people.
+/// text for people — coloured only when stdout is a terminal, so a file, a
+/// pipe or a container log gets plain text.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(std::io::stdout);
     match format {
         LogFormat::Json => builder

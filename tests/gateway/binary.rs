@@ -328,3 +328,46 @@ fn the_binary_refuses_to_start_on_a_gap_when_asked() {
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("does not cover IP:10.0.0.5"), "{stderr}");
 }
+
+#[test]
+fn the_text_log_has_no_colour_codes_when_stdout_is_not_a_terminal() {
+    // Issue 16, part 6: a file, a pipe or a container log gets plain text.
+    // The gap warning below is logged at start, so there is a line to read.
+    let certs = Certs::new();
+    let d = certs.dir().display();
+    let mut child = std::process::Command::new(BINARY)
+        .args(["serve", "--node-name", NODE, "--log-format", "text"])
+        .args(["--tls-cert-file", &format!("{d}/serving.crt")])
+        .args(["--tls-private-key-file", &format!("{d}/serving.key")])
+        .args(["--upstream-ca-file", &format!("{d}/ca.crt")])
+        .args(["--authorization-mode", "Static"])
+        .arg("--authentication-token-webhook=false")
+        .args(["--secure-listen-address", "127.0.0.1:0"])
+        .args(["--admin-listen-address", "127.0.0.1:0"])
+        .args(["--node-ip", "10.0.0.5"])
+        .env_remove("NODE_NAME")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut text).unwrap();
+        text
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = reader.join().unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("IP:10.0.0.5"),
+        "no gap warning logged: {text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escape in a piped log: {text:?}"
+    );
+}
