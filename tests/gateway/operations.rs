@@ -10,7 +10,7 @@ use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use kubelet_guard::certs::{Authority, LeafSpec, Usage};
-use kubelet_guard::config::GoDuration;
+use kubelet_guard::config::{GoDuration, Settings};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -103,6 +103,21 @@ fn pem_der(pem: &str) -> Vec<u8> {
     CertificateDer::from_pem_slice(pem.as_bytes())
         .unwrap()
         .to_vec()
+}
+
+/// The dev serving pair in a Kubernetes-style Secret directory at
+/// `certs/secret` (version 1, see `SecretDir`), with the gateway's
+/// `--tls-cert-file`/`--tls-private-key-file` pointing into it.
+fn serve_from_secret_dir(certs: &Certs, settings: &mut Settings) {
+    let secret = SecretDir::new(
+        certs.path("secret"),
+        &[
+            ("tls.crt", &read(&certs.path("serving.crt"))),
+            ("tls.key", &read(&certs.path("serving.key"))),
+        ],
+    );
+    settings.tls_cert_file = Some(secret.path("tls.crt"));
+    settings.tls_private_key_file = Some(secret.path("tls.key"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,15 +303,7 @@ async fn certificates_and_ca_reload_under_load_without_a_failed_request() {
 #[tokio::test]
 async fn a_broken_certificate_is_reported_and_the_last_good_one_kept() {
     let env = Env::start_with(|certs, settings| {
-        let secret = SecretDir::new(
-            certs.path("secret"),
-            &[
-                ("tls.crt", &read(&certs.path("serving.crt"))),
-                ("tls.key", &read(&certs.path("serving.key"))),
-            ],
-        );
-        settings.tls_cert_file = Some(secret.path("tls.crt"));
-        settings.tls_private_key_file = Some(secret.path("tls.key"));
+        serve_from_secret_dir(certs, settings);
     })
     .await;
     let mut secret = SecretDir {
@@ -702,15 +709,7 @@ async fn a_reloaded_certificate_is_checked_too_and_refused_when_asked() {
         kubelet_guard::tls::coverage::CoveragePolicy::Refuse,
     ] {
         let env = Env::start_with(|certs, settings| {
-            let secret = SecretDir::new(
-                certs.path("secret"),
-                &[
-                    ("tls.crt", &read(&certs.path("serving.crt"))),
-                    ("tls.key", &read(&certs.path("serving.key"))),
-                ],
-            );
-            settings.tls_cert_file = Some(secret.path("tls.crt"));
-            settings.tls_private_key_file = Some(secret.path("tls.key"));
+            serve_from_secret_dir(certs, settings);
             settings.node_ip = Some(vec!["127.0.0.1".parse().unwrap()]);
             settings.serving_cert_coverage = Some(policy);
         })
