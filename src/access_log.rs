@@ -41,6 +41,9 @@ pub struct AccessRecord {
     /// fault that was (`Rejection::fault`).
     refusal: Option<(Fault, &'static str)>,
     source: Option<Source>,
+    /// What went wrong with the kubelet (`proxy::UpstreamCause`), if it
+    /// gave no usable answer.
+    upstream_error: &'static str,
     allowed_by: Option<Subresource>,
     /// The kubelet answered (its bytes count as relayed).
     forwarded: bool,
@@ -62,6 +65,7 @@ impl AccessRecord {
             decision: "",
             refusal: None,
             source: None,
+            upstream_error: "",
             allowed_by: None,
             forwarded: false,
             status: 0,
@@ -83,6 +87,11 @@ impl AccessRecord {
     pub fn refused(&mut self, rejection: &Rejection) {
         let (fault, cause) = rejection.fault();
         self.refusal = Some((fault, cause));
+        if let Rejection::BadGateway(error) = rejection
+            && let Some(upstream) = error.upstream_cause()
+        {
+            self.upstream_error = upstream.as_str();
+        }
         self.decision = match rejection {
             Rejection::Unauthorized(_) if fault == Fault::Infrastructure => "authentication_error",
             Rejection::Unauthorized(_) => "unauthenticated",
@@ -212,6 +221,7 @@ impl AccessRecord {
             decision: self.decision,
             cause: self.refusal.map_or("", |(_, cause)| cause),
             source: self.source.map_or("", Source::as_str),
+            upstream_error: self.upstream_error,
             status: self.status,
             bytes_in,
             bytes_out,
@@ -239,6 +249,7 @@ impl AccessRecord {
                 decision = line.decision,
                 cause = line.cause,
                 source = line.source,
+                upstream_error = line.upstream_error,
                 status = line.status,
                 bytes_in,
                 bytes_out,
@@ -271,6 +282,10 @@ struct Line<'a> {
     /// infrastructure one (gateway_credential_rejected, …); empty if not.
     cause: &'static str,
     source: &'static str,
+    /// connect, tls, timeout or protocol when the kubelet gave no usable
+    /// answer; left out otherwise.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    upstream_error: &'static str,
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
@@ -386,6 +401,7 @@ mod tests {
             decision: "allowed",
             cause: "",
             source: "static",
+            upstream_error: "",
             status: 101,
             bytes_in: 7,
             bytes_out: 9,

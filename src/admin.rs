@@ -22,8 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::tls::TlsState;
@@ -41,7 +41,8 @@ pub struct Admin {
     /// Whether the serving certificate covers the node's addresses.
     coverage: Arc<ServingCoverage>,
     kubelet: Upstream,
-    shutting_down: CancellationToken,
+    /// `/readyz` is 503 from the moment draining begins.
+    drain: Drain,
     last_readiness: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
@@ -52,7 +53,7 @@ impl Admin {
         serving_status: watch::Receiver<String>,
         coverage: Arc<ServingCoverage>,
         kubelet: Upstream,
-        shutting_down: CancellationToken,
+        drain: Drain,
     ) -> Self {
         Admin {
             metrics,
@@ -60,16 +61,17 @@ impl Admin {
             serving_status,
             coverage,
             kubelet,
-            shutting_down,
+            drain,
             last_readiness: Mutex::new(None),
         }
     }
 
-    /// Serves until `stop` is cancelled.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+    /// Serves until the gateway has stopped (phase 3 of its [`Drain`]):
+    /// through draining, so probes see `/readyz` turn 503.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
             let stream = tokio::select! {
-                () = stop.cancelled() => return,
+                () = self.drain.stopped() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(error) => {
@@ -80,7 +82,7 @@ impl Admin {
                 },
             };
             let admin = self.clone();
-            let stop = stop.clone();
+            let drain = self.drain.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let admin = admin.clone();
@@ -89,7 +91,7 @@ impl Admin {
                 let http = auto::Builder::new(TokioExecutor::new());
                 tokio::select! {
                     _ = http.serve_connection(TokioIo::new(stream), service) => {}
-                    () = stop.cancelled() => {}
+                    () = drain.stopped() => {}
                 }
             });
         }
@@ -138,7 +140,7 @@ impl Admin {
     }
 
     async fn readiness(&self) -> Result<(), String> {
-        if self.shutting_down.is_cancelled() {
+        if self.drain.is_draining() {
             return Err("shutting down".into());
         }
         if let Some((at, answer)) = self

@@ -23,6 +23,7 @@ use crate::authz::{Authorizer, Webhook};
 use crate::config::Config;
 use crate::config::Serving;
 use crate::csr::CsrIssuer;
+use crate::drain::Drain;
 use crate::fault::{self, FailureReporter};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -70,7 +71,7 @@ pub struct Gateway {
     /// With --serving-cert-source=csr: requests and renews the certificate.
     csr: Option<CsrIssuer>,
     grace: Duration,
-    shutting_down: CancellationToken,
+    drain: Drain,
 }
 
 impl Gateway {
@@ -239,7 +240,8 @@ impl Gateway {
             token,
             &UpstreamOptions::default(),
         );
-        let forwarder = Forwarder::new(upstream.clone(), HALF_CLOSE_LINGER);
+        let drain = Drain::new();
+        let forwarder = Forwarder::new(upstream.clone(), HALF_CLOSE_LINGER, drain.clone());
 
         let pipeline = Arc::new(Pipeline {
             streaming_authz: config.streaming_authz,
@@ -270,14 +272,13 @@ impl Gateway {
                 addr: config.admin_listen,
                 source,
             })?;
-        let shutting_down = CancellationToken::new();
         let admin = Arc::new(Admin::new(
             metrics.clone(),
             tls_state,
             serving_status_updates,
             coverage,
             upstream,
-            shutting_down.clone(),
+            drain.clone(),
         ));
 
         Ok(Gateway {
@@ -290,7 +291,7 @@ impl Gateway {
             metrics,
             csr,
             grace: config.shutdown_grace_period,
-            shutting_down,
+            drain,
         })
     }
 
@@ -305,28 +306,28 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then drains for the grace period.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(address = %self.local_addr, admin = %self.admin_addr, "serving");
-        let stop = CancellationToken::new();
+        let drain = self.drain;
         let reloader = tokio::spawn(reload::watch(
             self.materials,
             self.metrics.clone(),
             RELOAD_RESYNC,
-            stop.clone(),
+            drain.clone(),
         ));
-        let admin = tokio::spawn(self.admin.serve(self.admin_listener, stop.clone()));
+        let admin = tokio::spawn(self.admin.serve(self.admin_listener));
         let csr = self
             .csr
-            .map(|issuer| tokio::spawn(issuer.run(stop.clone())));
+            .map(|issuer| tokio::spawn(issuer.run(drain.clone())));
 
-        let shutting_down = self.shutting_down.clone();
-        let signal = shutdown.clone();
+        // The caller's signal begins the drain: the listener stops, /readyz
+        // turns 503 at once, requests and streams get the grace period.
+        let begin = drain.clone();
         tokio::spawn(async move {
-            signal.cancelled().await;
-            // /readyz turns 503 at once, while requests drain.
-            shutting_down.cancel();
+            shutdown.cancelled().await;
+            begin.begin();
         });
-        self.server.run(shutdown, self.grace).await;
+        self.server.run(drain.clone(), self.grace).await;
 
-        stop.cancel();
+        drain.stop();
         let _ = reloader.await;
         let _ = admin.await;
         if let Some(csr) = csr {

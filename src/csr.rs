@@ -28,9 +28,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use thiserror::Error;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::CsrSettings;
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::tls::{ServingCert, ServingTls};
 
@@ -108,8 +108,9 @@ impl CsrIssuer {
         }
     }
 
-    /// Keeps a valid serving certificate published until `stop`.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Keeps a valid serving certificate published until the gateway has
+    /// stopped.
+    pub async fn run(self, drain: Drain) {
         let mut current = self.restore();
         if let Some(cert) = &current {
             self.publish(cert.clone());
@@ -130,12 +131,12 @@ impl CsrIssuer {
                     "serving certificate renewal scheduled"
                 );
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = drain.stopped() => return,
                     () = tokio::time::sleep(wait) => {}
                 }
             }
             let obtained = tokio::select! {
-                () = stop.cancelled() => return,
+                () = drain.stopped() => return,
                 obtained = self.obtain() => obtained,
             };
             match obtained {
@@ -160,7 +161,7 @@ impl CsrIssuer {
                             .send_replace(format!("{error}; asking again in {}s", delay.as_secs()));
                     }
                     tokio::select! {
-                        () = stop.cancelled() => return,
+                        () = drain.stopped() => return,
                         () = tokio::time::sleep(delay) => {}
                     }
                 }

@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admit;
 pub mod apiserver;
 pub mod app;
 pub mod authn;
@@ -19,11 +20,12 @@ pub mod certs;
 pub mod config;
 pub mod csr;
 pub mod demo_kubelet;
+pub mod drain;
 pub mod fault;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod reject;
+pub mod request_headers;
 pub mod server;
-pub mod target;
 pub mod tls;

@@ -91,6 +91,12 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// connect, tls, timeout or protocol (`proxy::UpstreamCause`).
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// denied, failed, vanished, request, certificate or apiserver.
     pub reason: &'static str,
@@ -106,6 +112,7 @@ pub struct Metrics {
     pub token_cache_hits: Counter,
     pub review_duration: Family<ReviewLabels, Histogram, fn() -> Histogram>,
     pub upstream_duration: Histogram,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub connections: Gauge,
     pub upgraded_streams: Gauge,
     pub relayed_bytes: Family<DirectionLabels, Counter>,
@@ -140,6 +147,7 @@ impl Metrics {
             token_cache_hits: Counter::default(),
             review_duration: Family::new_with_constructor(latency_histogram),
             upstream_duration: latency_histogram(),
+            upstream_errors: Family::default(),
             connections: Gauge::default(),
             upgraded_streams: Gauge::default(),
             relayed_bytes: Family::default(),
@@ -191,6 +199,11 @@ impl Metrics {
             "Time from forwarding a request to the kubelet's response headers",
             Unit::Seconds,
             metrics.upstream_duration.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Requests that got no usable answer from the kubelet, by cause (connect, tls, timeout, protocol)",
+            metrics.upstream_errors.clone(),
         );
         r.register(
             "connections",

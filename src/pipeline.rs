@@ -1,36 +1,41 @@
-//! One request, top to bottom: authenticate → check the path → map to
-//! attributes → authorize → forward. Each step either passes the request on
-//! or ends it with a [`Rejection`]; nothing goes back up. Alongside, an
+//! One request, top to bottom: authenticate ([`crate::authn`]) → admit
+//! ([`crate::admit`]: target, `Host`, path, method) → attributes and
+//! authorize ([`crate::authz`]) → forward ([`crate::proxy`]). Each step
+//! either passes the request on or ends it with a [`Rejection`]; nothing
+//! goes back up, and no step reaches into another. Alongside, an
 //! [`AccessRecord`] collects what happened, written when the response ends.
+//!
+//! Authentication comes before admission, as in the kubelet (its
+//! authentication filter runs before the authorizing filter that reads the
+//! path): a caller without valid credentials learns nothing about which
+//! requests would be well-formed — it gets 401 whatever it sent.
+//!
+//! The connection-level concerns (the HTTP/1.1 head timer, draining) belong
+//! to [`crate::server`], which calls [`Pipeline::handle`] once per request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
+use crate::admit::admit;
 use crate::authn::{Authenticated, Authenticator, AuthnError, ClientCertificate, TokenError};
-use crate::authz::attributes::{StreamingAuthz, is_upgrade_endpoint, request_attributes};
-use crate::authz::path::decode_request_path;
+use crate::authz::attributes::{StreamingAuthz, attributes_for, is_upgrade_endpoint};
 use crate::authz::{Authorizer, Decision};
 use crate::body::{self, Body, Counted};
 use crate::config::LogFormat;
-use crate::metrics::{AuthnLabels, Metrics};
+use crate::metrics::{AuthnLabels, Metrics, UpstreamErrorLabels};
 use crate::proxy::{Forwarder, Relayed, StreamObserver};
 use crate::reject::Rejection;
-use crate::server::HeadClock;
-use crate::target::request_target;
 
 /// What the server knows about the connection a request arrived on.
 pub struct Connection {
     pub peer: SocketAddr,
     pub client_certificate: Option<ClientCertificate>,
-    /// HTTP/1.1 only: tells the slow-header guard when a request is in
-    /// progress and when the connection was upgraded.
-    pub head_clock: Option<Arc<HeadClock>>,
 }
 
 pub struct Pipeline {
@@ -48,9 +53,6 @@ impl Pipeline {
         connection: &Connection,
         request: Request<Incoming>,
     ) -> Response<Body> {
-        if let Some(clock) = &connection.head_clock {
-            clock.request_started();
-        }
         let mut record = AccessRecord::new(
             connection.peer,
             request.method(),
@@ -74,11 +76,6 @@ impl Pipeline {
         };
 
         record.status(response.status().as_u16());
-        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let clock = connection.head_clock.clone();
-        if upgraded && let Some(clock) = &clock {
-            clock.upgraded();
-        }
         let metrics = self.metrics.clone();
         response.map(move |b| {
             let on_end = move |bytes_out| {
@@ -87,9 +84,6 @@ impl Pipeline {
                     bytes_out,
                     &metrics,
                 );
-                if let (false, Some(clock)) = (upgraded, clock) {
-                    clock.response_finished();
-                }
             };
             body::boxed(Counted::new(b, Arc::default(), Some(Box::new(on_end))))
         })
@@ -104,10 +98,9 @@ impl Pipeline {
         let caller = self.authenticate(connection, &request).await?;
         record.authenticated(&caller);
 
-        let target = request_target(&request)?;
-        let decoded_path = decode_request_path(target.path())?;
-        let upgrade_allowed = is_upgrade_endpoint(&decoded_path);
-        let attributes = request_attributes(request.method(), &decoded_path, self.streaming_authz)?;
+        let admitted = admit(&request)?;
+        let upgrade_allowed = is_upgrade_endpoint(&admitted.path);
+        let attributes = attributes_for(admitted.method_verb, &admitted.path, self.streaming_authz);
         record.attributes(attributes);
 
         let decision = match self
@@ -145,12 +138,22 @@ impl Pipeline {
             .forwarder
             .forward(
                 request,
-                target,
+                admitted.target,
                 connection.peer.ip(),
                 upgrade_allowed,
                 stream_log,
             )
-            .await?;
+            .await
+            .inspect_err(|error| {
+                if let Some(cause) = error.upstream_cause() {
+                    self.metrics
+                        .upstream_errors
+                        .get_or_create(&UpstreamErrorLabels {
+                            cause: cause.as_str(),
+                        })
+                        .inc();
+                }
+            })?;
         self.metrics
             .upstream_duration
             .observe(started.elapsed().as_secs_f64());

@@ -7,10 +7,10 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::admit::{AdmitError, MethodNotAllowed, PathError};
 use crate::authn::{AuthnError, TokenError};
 use crate::authz::AuthzError;
-use crate::authz::attributes::{MethodNotAllowed, Subresource, Verb};
-use crate::authz::path::PathError;
+use crate::authz::attributes::{Subresource, Verb};
 use crate::body::{self, Body};
 use crate::fault::Fault;
 use crate::proxy::ProxyError;
@@ -45,6 +45,19 @@ pub enum Rejection {
     },
     #[error("bad gateway: {0}")]
     BadGateway(#[from] ProxyError),
+}
+
+/// A request that was not admitted, as the caller reads it.
+impl From<AdmitError> for Rejection {
+    fn from(error: AdmitError) -> Self {
+        match error {
+            AdmitError::BadPath(e) => Rejection::BadPath(e),
+            AdmitError::AbsoluteForm => Rejection::AbsoluteForm,
+            AdmitError::BadHost(why) => Rejection::BadHost(why),
+            AdmitError::BadFraming(why) => Rejection::BadFraming(why),
+            AdmitError::MethodNotAllowed(e) => Rejection::MethodNotAllowed(e),
+        }
+    }
 }
 
 impl Rejection {
@@ -118,7 +131,7 @@ impl Rejection {
             Rejection::AuthorizationError { error, .. } => {
                 (Fault::Infrastructure, error.error.cause.as_str())
             }
-            Rejection::BadGateway(ProxyError::Unreachable(_) | ProxyError::Request(_)) => {
+            Rejection::BadGateway(ProxyError::Unreachable { .. } | ProxyError::Request(_)) => {
                 (Fault::Infrastructure, "kubelet_unreachable")
             }
             Rejection::BadGateway(
@@ -227,5 +240,94 @@ mod tests {
         let rejection = Rejection::Unauthorized(AuthnError::NoCredentials);
         assert_eq!(rejection.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(rejection.body(), "Unauthorized");
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    //! The request-shape rules of `admit::target`, as the caller reads them.
+    use super::*;
+    use crate::admit::target::request_target;
+    use http::{Request, Version, header};
+
+    fn target(version: Version, uri: &str, hosts: &[&str]) -> Result<String, String> {
+        let mut builder = Request::builder().version(version).uri(uri);
+        for host in hosts {
+            builder = builder.header(header::HOST, *host);
+        }
+        request_target(&builder.body(()).unwrap())
+            .map(|t| t.to_string())
+            .map_err(|e| Rejection::from(e).body())
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_well_formed_host() {
+        use Version as V;
+        assert_eq!(
+            target(V::HTTP_11, "/pods?x=1", &["10.0.0.1:10250"]),
+            Ok("/pods?x=1".into())
+        );
+        for (hosts, why) in [
+            (&[][..], "missing Host header"),
+            (&["a", "b"][..], "more than one Host header"),
+            (&["a", "a"][..], "more than one Host header"),
+            (&["user@a"][..], "malformed Host header"),
+            (&["a/b"][..], "malformed Host header"),
+            (&["a b"][..], "malformed Host header"),
+        ] {
+            assert_eq!(
+                target(V::HTTP_11, "/pods", hosts),
+                Err(format!("Bad Request: {why}")),
+                "{hosts:?}"
+            );
+        }
+        assert!(target(V::HTTP_11, "https://a/pods", &["a"]).is_err());
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused() {
+        let request = Request::post("/run/a/b/c")
+            .header(header::HOST, "a")
+            .header(header::CONTENT_LENGTH, "4")
+            .header(header::TRANSFER_ENCODING, "chunked")
+            .body(())
+            .unwrap();
+        let refused = Rejection::from(request_target(&request).unwrap_err());
+        assert_eq!(
+            refused.body(),
+            "Bad Request: both Content-Length and Transfer-Encoding"
+        );
+        let response = refused.into_response();
+        assert_eq!(response.status(), 400);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+    }
+
+    #[test]
+    fn http10_takes_at_most_one_host() {
+        use Version as V;
+        assert!(target(V::HTTP_10, "/pods", &[]).is_ok());
+        assert!(target(V::HTTP_10, "/pods", &["a"]).is_ok());
+        assert!(target(V::HTTP_10, "/pods", &["a", "b"]).is_err());
+        assert!(target(V::HTTP_10, "http://a/pods", &[]).is_err());
+    }
+
+    #[test]
+    fn http2_authority_and_host_must_agree() {
+        use Version as V;
+        assert!(target(V::HTTP_2, "https://127.0.0.1/pods", &[]).is_ok());
+        assert!(target(V::HTTP_2, "https://127.0.0.1/pods", &["127.0.0.1"]).is_ok());
+        assert!(target(V::HTTP_2, "https://Node-1/pods", &["node-1"]).is_ok());
+        assert!(target(V::HTTP_2, "/pods", &["127.0.0.1"]).is_ok());
+        assert!(target(V::HTTP_2, "/pods", &[]).is_ok());
+        for (uri, hosts) in [
+            ("https://127.0.0.1/pods", &["127.0.0.1", "evil.example"][..]),
+            ("https://127.0.0.1/pods", &["127.0.0.1", "127.0.0.1"][..]),
+            ("https://127.0.0.1/pods", &["evil.example"][..]),
+            ("https://127.0.0.1:10250/pods", &["127.0.0.1"][..]),
+            ("https://user@127.0.0.1/pods", &[][..]),
+            ("/pods", &["a", "b"][..]),
+        ] {
+            assert!(target(V::HTTP_2, uri, hosts).is_err(), "{uri} {hosts:?}");
+        }
     }
 }

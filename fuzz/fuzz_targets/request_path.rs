@@ -5,10 +5,10 @@
 #![no_main]
 
 use http::Method;
+use kubelet_guard::admit::path::decode_request_path;
 use kubelet_guard::authz::attributes::{
     StreamingAuthz, Verb, is_upgrade_endpoint, request_attributes,
 };
-use kubelet_guard::authz::path::decode_request_path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -148,17 +148,17 @@ impl TokenAuthenticator {
 /// least one other protocol left for the server to choose.
 pub fn websocket_token(headers: &http::HeaderMap) -> Result<Option<String>, TokenError> {
     use base64::Engine as _;
-    let is_websocket = crate::proxy::headers::requested_upgrade(headers)
+    let is_websocket = crate::request_headers::requested_upgrade(headers)
         .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if !is_websocket {
         return Ok(None);
     }
     let malformed = |why: &str| TokenError::Malformed(why.to_owned());
-    let prefix = crate::proxy::headers::WEBSOCKET_BEARER_PREFIX.as_bytes();
+    let prefix = crate::request_headers::WEBSOCKET_BEARER_PREFIX.as_bytes();
     let mut token = None;
     let mut others = 0;
     for value in headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
-        for protocol in crate::proxy::headers::protocol_list(value.as_bytes()) {
+        for protocol in crate::request_headers::protocol_list(value.as_bytes()) {
             let Some(encoded) = protocol.strip_prefix(prefix) else {
                 others += 1;
                 continue;

@@ -170,3 +170,72 @@ fn chain_valid_until(chain: &[CertificateDer<'_>]) -> Result<UnixTime, Certifica
         u64::try_from(earliest).unwrap_or(0),
     )))
 }
+
+/// The dev certificates (`kubelet-guard certs`) carry the identities the
+/// gateway reads from a client certificate.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{APISERVER_GROUP, APISERVER_USER, DevCertsRequest, write_dev_certs};
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn dev_certs_have_the_subjects_the_apiserver_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = DevCertsRequest {
+            node_name: "node-a".into(),
+            ips: vec!["127.0.0.1".parse().unwrap(), "10.1.2.3".parse().unwrap()],
+            dns_names: vec!["node-a.example".into()],
+        };
+        write_dev_certs(dir.path(), &request).unwrap();
+
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let serving = identity_from_certificate(&der(&read("serving.crt"))).unwrap();
+        assert_eq!(serving.user, "system:node:node-a");
+        assert_eq!(serving.groups, ["system:nodes"]);
+
+        let serving_der = der(&read("serving.crt"));
+        let (_, cert) = x509_parser::parse_x509_certificate(&serving_der).unwrap();
+        use x509_parser::extensions::GeneralName;
+        let sans = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        assert_eq!(
+            sans,
+            &[
+                GeneralName::IPAddress(&[127, 0, 0, 1]),
+                GeneralName::IPAddress(&[10, 1, 2, 3]),
+                GeneralName::DNSName("node-a.example"),
+            ]
+        );
+
+        let apiserver = identity_from_certificate(&der(&read("apiserver-client.crt"))).unwrap();
+        assert_eq!(
+            (apiserver.user.as_str(), apiserver.groups.as_slice()),
+            (APISERVER_USER, &[APISERVER_GROUP.to_string()][..])
+        );
+        let impostor = identity_from_certificate(&der(&read("untrusted-client.crt"))).unwrap();
+        assert_eq!(
+            (&impostor.user, &impostor.groups),
+            (&apiserver.user, &apiserver.groups),
+            "the impostor claims the same user and groups (only its credential id differs)"
+        );
+
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "keys are private");
+    }
+}

@@ -13,56 +13,7 @@ use std::fmt;
 use http::Method;
 use serde::Serialize;
 
-/// The API verb a request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verb {
-    Get,
-    Create,
-    Update,
-    Patch,
-    Delete,
-}
-
-impl Verb {
-    pub const ALL: [Verb; 5] = [
-        Verb::Get,
-        Verb::Create,
-        Verb::Update,
-        Verb::Patch,
-        Verb::Delete,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verb::Get => "get",
-            Verb::Create => "create",
-            Verb::Update => "update",
-            Verb::Patch => "patch",
-            Verb::Delete => "delete",
-        }
-    }
-
-    /// The kubelet's method → verb mapping. HEAD, which the kubelet leaves
-    /// with an empty verb, is a read, so it is `get` here. Every other method
-    /// has no verb and is refused before authorization.
-    pub fn for_method(method: &Method) -> Option<Verb> {
-        match *method {
-            Method::GET | Method::HEAD => Some(Verb::Get),
-            Method::POST => Some(Verb::Create),
-            Method::PUT => Some(Verb::Update),
-            Method::PATCH => Some(Verb::Patch),
-            Method::DELETE => Some(Verb::Delete),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Verb {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::admit::method::{MethodNotAllowed, Verb};
 
 /// A subresource of `nodes` that guards part of the kubelet API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -180,28 +131,30 @@ pub fn is_upgrade_endpoint(path: &str) -> bool {
     UPGRADE_PREFIXES.iter().any(|p| is_subpath(path, p))
 }
 
-/// A method the kubelet has no verb for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("method {0} is not allowed")]
-pub struct MethodNotAllowed(pub Method);
-
 /// Maps a method and a decoded, already validated path to the attributes
-/// the request is authorized with.
+/// the request is authorized with ([`attributes_for`] after the method's
+/// verb; a method with none is refused as in admission).
 pub fn request_attributes(
     method: &Method,
     path: &str,
     streaming: StreamingAuthz,
 ) -> Result<Attributes, MethodNotAllowed> {
-    let method_verb = Verb::for_method(method).ok_or_else(|| MethodNotAllowed(method.clone()))?;
+    let verb = Verb::for_method(method).ok_or_else(|| MethodNotAllowed(method.clone()))?;
+    Ok(attributes_for(verb, path, streaming))
+}
+
+/// The attributes for a request admitted with `method_verb` (its method's
+/// verb) and the decoded `path`.
+pub fn attributes_for(method_verb: Verb, path: &str, streaming: StreamingAuthz) -> Attributes {
     let is_streaming = STREAMING_PREFIXES.iter().any(|p| is_subpath(path, p));
     let verb = match streaming {
         StreamingAuthz::Strict if is_streaming => Verb::Create,
         _ => method_verb,
     };
-    Ok(Attributes {
+    Attributes {
         verb,
         subresources: subresources_for(path),
-    })
+    }
 }
 
 /// The subresources that guard `path`, in the order they are tried.

@@ -11,8 +11,8 @@ use thiserror::Error;
 use super::attributes::{
     Attributes, MethodNotAllowed, StreamingAuthz, Subresource, Verb, request_attributes,
 };
-use super::path::{PathError, decode_request_path};
 use super::sar::review_for;
+use crate::admit::path::{PathError, decode_request_path};
 use crate::authn::Identity;
 
 #[derive(Debug, Error)]

@@ -7,7 +7,6 @@
 pub mod attributes;
 pub mod cache;
 pub mod explain;
-pub mod path;
 pub mod sar;
 pub mod static_rules;
 

@@ -6,6 +6,9 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::request_headers::connection_tokens;
+pub use crate::request_headers::{WEBSOCKET_BEARER_PREFIX, protocol_list, requested_upgrade};
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy names RFC 2616 and
 /// proxies still use). They describe one connection and must not cross.
 const HOP_BY_HOP: &[HeaderName] = &[
@@ -18,19 +21,6 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::PROXY_AUTHORIZATION,
 ];
 const LEGACY_HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection"];
-
-/// The WebSocket subprotocol prefix that carries a bearer token, which the
-/// kubelet accepts as a credential (`base64url.bearer.authorization.k8s.io.<token>`).
-pub const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
-
-/// The protocol a request asks to switch to, if it is an HTTP/1.1 upgrade:
-/// `Connection` names `upgrade` and `Upgrade` is present.
-pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let upgrade = headers.get(header::UPGRADE)?;
-    connection_tokens(headers)
-        .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
-        .then(|| upgrade.clone())
-}
 
 /// Makes a caller's headers fit to send to the kubelet:
 /// - identity headers (`Authorization`, `Impersonate-*`, `X-Remote-*`, a
@@ -123,14 +113,6 @@ fn strip_websocket_bearer(headers: &mut HeaderMap) {
     }
 }
 
-/// The comma-separated, trimmed, non-empty entries of a list header value.
-pub fn protocol_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|p| !p.is_empty())
-}
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
@@ -147,15 +129,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, value);
     }
-}
-
-/// The comma-separated tokens of every `Connection` header.
-/// Bytes, not text: a non-ASCII byte in one token must not hide the others.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| protocol_list(v.as_bytes()))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! the two connections. Nothing here knows who the caller is or why the
 //! request was allowed.
 
+mod error;
 pub mod headers;
 pub mod upgrade;
 pub mod upstream;
@@ -10,30 +11,14 @@ pub mod upstream;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::body::{self, Body};
+use crate::drain::Drain;
+pub(crate) use error::error_chain;
+pub use error::{ProxyError, UpstreamCause};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use thiserror::Error;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-use crate::body::{self, Body};
 pub use upgrade::Relayed;
 pub use upstream::{Upstream, UpstreamOptions};
-
-#[derive(Debug, Error)]
-pub enum ProxyError {
-    #[error("kubelet unreachable: {0}")]
-    Unreachable(String),
-    #[error("kubelet answered 101 Switching Protocols to a request that did not ask to upgrade")]
-    UnexpectedUpgrade,
-    /// An upgrade answered with neither `101` nor an error status. Only the
-    /// status is kept: the kubelet's headers (a `Location`, say) and body
-    /// never reach the caller.
-    #[error("kubelet answered an upgrade request with {0} instead of 101 Switching Protocols")]
-    UpgradeNotSwitched(StatusCode),
-    #[error("cannot build the kubelet request: {0}")]
-    Request(#[from] http::Error),
-}
 
 /// Told when an upgraded stream opens and when it closes.
 pub trait StreamObserver: Send + 'static {
@@ -45,35 +30,23 @@ pub trait StreamObserver: Send + 'static {
 
 pub struct Forwarder {
     upstream: Upstream,
-    /// Every spliced stream, so shutdown can wait for them.
-    streams: TaskTracker,
-    /// Cancelled when shutdown's grace period for streams is over.
-    streams_cancel: CancellationToken,
+    /// Spliced streams run under it, so shutdown waits for them and closes
+    /// them when the grace period is over.
+    drain: Drain,
     half_close_linger: Duration,
 }
 
 impl Forwarder {
-    pub fn new(upstream: Upstream, half_close_linger: Duration) -> Self {
+    pub fn new(upstream: Upstream, half_close_linger: Duration, drain: Drain) -> Self {
         Forwarder {
             upstream,
-            streams: TaskTracker::new(),
-            streams_cancel: CancellationToken::new(),
+            drain,
             half_close_linger,
         }
     }
 
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
-    }
-
-    /// The upgraded streams still open.
-    pub fn streams(&self) -> &TaskTracker {
-        &self.streams
-    }
-
-    /// Ends every upgraded stream now.
-    pub fn cancel_streams(&self) {
-        self.streams_cancel.cancel();
     }
 
     /// Sends `request` to the kubelet at exactly `target` (the path and query
@@ -121,7 +94,10 @@ impl Forwarder {
             Some(_) => self.upstream.send_upgrade(outbound).await,
             None => self.upstream.send(outbound).await,
         };
-        let mut response = sent.map_err(|e| ProxyError::Unreachable(error_chain(&e)))?;
+        let mut response = sent.map_err(|e| ProxyError::Unreachable {
+            cause: UpstreamCause::of(&e),
+            detail: error_chain(&e),
+        })?;
 
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::prepare_response(response.headers_mut(), switching);
@@ -162,17 +138,17 @@ impl Forwarder {
         observer: Box<dyn StreamObserver>,
     ) {
         let linger = self.half_close_linger;
-        let cancel = self.streams_cancel.clone();
         observer.opened();
-        self.streams.spawn(async move {
-            let outcome = tokio::select! {
-                relayed = upgrade::splice_upgraded(caller, kubelet, linger) => {
-                    relayed.map_err(|e| error_chain(&e))
-                }
-                () = cancel.cancelled() => Err("closed by shutdown".to_owned()),
-            };
-            observer.closed(outcome);
-        });
+        self.drain.spawn_stream(
+            upgrade::splice_upgraded(caller, kubelet, linger),
+            move |relayed| {
+                let outcome = match relayed {
+                    Some(relayed) => relayed.map_err(|e| error_chain(&e)),
+                    None => Err("closed by shutdown".to_owned()),
+                };
+                observer.closed(outcome);
+            },
+        );
     }
 }
 
@@ -204,19 +180,6 @@ pub fn upgrade_answer(status: StatusCode) -> UpgradeAnswer {
     } else {
         UpgradeAnswer::Refuse
     }
-}
-
-/// `error: cause: cause`, because hyper's top-level messages ("client error
-/// (Connect)") say little on their own.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

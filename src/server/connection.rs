@@ -27,17 +27,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use super::head_timeout::{HeadClock, HeadTimeout};
 use super::preface::Preface;
 use super::streams::{Guarded, OpenStreams};
 use super::tls_io::FlushAlerts;
+use crate::admit::AmbiguousFraming;
 use crate::authn::ClientCertificate;
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, Counted};
 use crate::config::Limits;
+use crate::drain::Drain;
 use crate::pipeline::{Connection, Pipeline};
-use crate::target::AmbiguousFraming;
 
 /// How long an HTTP/2 connection closed for idleness may take to finish
 /// after its GOAWAY: Go's `goAwayTimeout` (`x/net/http2`). A client that
@@ -84,21 +84,13 @@ impl Protocols {
     }
 }
 
-/// What ends a connection early.
-pub struct Closing {
-    /// Cancelled at shutdown: finish what is in flight, take nothing new.
-    pub graceful: CancellationToken,
-    /// Cancelled when the grace period is over: close now.
-    pub now: CancellationToken,
-}
-
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     protocols: Arc<Protocols>,
     pipeline: Arc<Pipeline>,
-    closing: Closing,
+    closing: Drain,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = &protocols.limits;
@@ -128,7 +120,6 @@ pub async fn serve(
         let connection = Arc::new(Connection {
             peer,
             client_certificate,
-            head_clock: None,
         });
         let streams = OpenStreams::new();
         let service = {
@@ -150,16 +141,22 @@ pub async fn serve(
         let connection = Arc::new(Connection {
             peer,
             client_certificate,
-            head_clock: Some(clock.clone()),
         });
-        let framing = clock.clone();
-        let service = service_fn(move |mut request: http::Request<Incoming>| {
-            if framing.take_ambiguous_framing() {
-                request.extensions_mut().insert(AmbiguousFraming);
-            }
-            let (pipeline, connection) = (pipeline.clone(), connection.clone());
-            async move { Ok::<_, Infallible>(pipeline.handle(&connection, request).await) }
-        });
+        let service = {
+            let clock = clock.clone();
+            service_fn(move |mut request: http::Request<Incoming>| {
+                if clock.take_ambiguous_framing() {
+                    request.extensions_mut().insert(AmbiguousFraming);
+                }
+                clock.request_started();
+                let (pipeline, connection, clock) =
+                    (pipeline.clone(), connection.clone(), clock.clone());
+                async move {
+                    let response = pipeline.handle(&connection, request).await;
+                    Ok::<_, Infallible>(timed_response(clock, response))
+                }
+            })
+        };
         let io = HeadTimeout::new(io, clock.clone(), limits.request_header_timeout);
         let conn = protocols
             .http1
@@ -171,6 +168,18 @@ pub async fn serve(
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
+}
+
+/// Tells the head clock how the response ended: an upgraded connection
+/// carries no more heads; otherwise the next head may start once the body
+/// is done.
+fn timed_response(clock: Arc<HeadClock>, response: http::Response<Body>) -> http::Response<Body> {
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        clock.upgraded();
+        return response;
+    }
+    let finished = Box::new(move |_bytes| clock.response_finished());
+    response.map(|b| body::boxed(Counted::new(b, Arc::default(), Some(finished))))
 }
 
 /// A hyper connection that can be asked to finish and close.
@@ -209,23 +218,23 @@ where
 async fn drive(
     conn: impl GracefulConnection,
     idle: impl Future<Output = ()>,
-    closing: Closing,
+    closing: Drain,
 ) -> hyper::Result<()> {
     let mut conn = pin!(conn);
     let idle_closed = tokio::select! {
         result = conn.as_mut() => return result,
         () = idle => true,
-        () = closing.graceful.cancelled() => false,
+        () = closing.draining() => false,
     };
     conn.as_mut().begin_close();
     let limit = async {
         if idle_closed {
             tokio::select! {
                 () = tokio::time::sleep(GOAWAY_TIMEOUT) => {}
-                () = closing.now.cancelled() => {}
+                () = closing.closing() => {}
             }
         } else {
-            closing.now.cancelled().await;
+            closing.closing().await;
         }
     };
     tokio::select! {

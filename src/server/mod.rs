@@ -61,14 +61,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Limits;
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::tls::TlsState;
-use connection::{Closing, Protocols};
+use connection::Protocols;
 pub use head_timeout::{HeadClock, HeadTimeout};
 
 pub struct Server {
@@ -100,20 +100,20 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets
-    /// in-flight requests and upgraded streams run for `grace`, and returns.
-    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+    /// Serves until `drain` begins, then stops accepting, lets in-flight
+    /// requests and upgraded streams run for `grace`, closes what is still
+    /// open (phase 2 of `drain`) and returns.
+    pub async fn run(self, drain: Drain, grace: Duration) {
         let protocols = Arc::new(Protocols::new(&self.limits));
         let connections = TaskTracker::new();
-        let close_now = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(self.limits.max_connections));
 
         loop {
             let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = drain.draining() => break,
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => tokio::select! {
-                        () = shutdown.cancelled() => break,
+                        () = drain.draining() => break,
                         accepted = self.listener.accept() => accepted.map(|a| (a, permit)),
                     },
                     Err(_) => break,
@@ -141,10 +141,7 @@ impl Server {
                 TlsAcceptor::from(server_config),
                 protocols.clone(),
                 self.pipeline.clone(),
-                Closing {
-                    graceful: shutdown.clone(),
-                    now: close_now.clone(),
-                },
+                drain.clone(),
             );
             let metrics = self.metrics.clone();
             metrics.connections.inc();
@@ -154,49 +151,38 @@ impl Server {
                 drop(permit);
             });
         }
-        let Server {
-            listener, pipeline, ..
-        } = self;
-        drop(listener);
-        drain(&pipeline, &connections, &close_now, grace).await;
+        drop(self.listener);
+        finish(&drain, &connections, grace).await;
     }
 }
 
 /// Waits for in-flight requests (every connection was told to finish when
-/// `shutdown` was cancelled), then for upgraded streams, both bounded by
-/// `grace`; what is still open then is closed.
-async fn drain(
-    pipeline: &Pipeline,
-    connections: &TaskTracker,
-    close_now: &CancellationToken,
-    grace: Duration,
-) {
+/// draining began), then for upgraded streams, both bounded by `grace`;
+/// what is still open then is closed.
+async fn finish(drain: &Drain, connections: &TaskTracker, grace: Duration) {
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(
         grace_secs = grace.as_secs_f64(),
         "shutting down: no new connections"
     );
     connections.close();
-    if tokio::time::timeout_at(deadline, connections.wait())
+    let requests_done = tokio::time::timeout_at(deadline, connections.wait())
         .await
-        .is_err()
-    {
+        .is_ok();
+    if !requests_done {
         tracing::warn!("in-flight requests still running at the end of the grace period");
-        close_now.cancel();
     }
-    let streams = pipeline.forwarder.streams();
-    streams.close();
-    if tokio::time::timeout_at(deadline, streams.wait())
+    let streams_done = tokio::time::timeout_at(deadline, drain.streams_ended())
         .await
-        .is_err()
-    {
+        .is_ok();
+    if !streams_done {
         tracing::warn!(
-            open = streams.len(),
+            open = drain.open_streams(),
             "closing upgraded streams at the end of the grace period"
         );
-        pipeline.forwarder.cancel_streams();
-        streams.wait().await;
     }
+    drain.close_now();
+    drain.streams_ended().await;
     connections.wait().await;
     tracing::info!("shutdown complete");
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 
 /// Loads a piece of material from its files and publishes it.
@@ -79,12 +79,12 @@ fn fingerprint(paths: &[PathBuf]) -> u64 {
     hasher.finish()
 }
 
-/// Watches and reloads until `stop` is cancelled.
+/// Watches and reloads until the gateway has stopped.
 pub async fn watch(
     mut materials: Vec<Material>,
     metrics: Arc<Metrics>,
     resync: Duration,
-    stop: CancellationToken,
+    drain: Drain,
 ) {
     if materials.is_empty() {
         return;
@@ -134,7 +134,7 @@ pub async fn watch(
     resync.tick().await;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = drain.stopped() => return,
             _ = changes.recv() => {
                 // A Secret update touches several files; let it settle.
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -174,12 +174,12 @@ mod tests {
             }),
         );
         let metrics = Arc::new(Metrics::new());
-        let stop = CancellationToken::new();
+        let drain = Drain::new();
         let task = tokio::spawn(watch(
             vec![material],
             metrics.clone(),
             Duration::from_secs(3600),
-            stop.clone(),
+            drain.clone(),
         ));
 
         let wait_for = |n: usize| {
@@ -212,7 +212,7 @@ mod tests {
             text.contains(r#"material="upstream_token",result="failure"} 1"#),
             "{text}"
         );
-        stop.cancel();
+        drain.stop();
         task.await.unwrap();
     }
 }

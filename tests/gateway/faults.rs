@@ -281,3 +281,60 @@ async fn the_access_log_and_one_warn_line_name_the_infrastructure_cause() {
         "{warnings:?}"
     );
 }
+
+#[tokio::test]
+async fn a_kubelet_failure_is_counted_by_its_cause() {
+    let series = |cause: &str| format!(r#"kubelet_guard_upstream_errors_total{{cause="{cause}"}}"#);
+
+    // Nothing listens on port 1: the TCP connection is refused.
+    let down = Env::start_with(|_, settings| {
+        settings.upstream = Some("https://127.0.0.1:1".into());
+    })
+    .await;
+    assert_eq!(down.get(&apiserver(), "/pods").await.0, 502);
+    let (_, text) = down.admin_get("/metrics", None).await;
+    assert_eq!(counter(&text, &series("connect")), 1, "{text}");
+    assert_eq!(counter(&text, &series("tls")), 0, "{text}");
+
+    // The kubelet's certificate is verified for a name it does not carry.
+    let misnamed = Env::start_with(|_, settings| {
+        settings.upstream_tls_server_name = Some("node-b".into());
+    })
+    .await;
+    assert_eq!(misnamed.get(&apiserver(), "/pods").await.0, 502);
+    let (_, text) = misnamed.admin_get("/metrics", None).await;
+    assert_eq!(counter(&text, &series("tls")), 1, "{text}");
+    assert_eq!(counter(&text, &series("connect")), 0, "{text}");
+    assert_eq!(
+        counter(
+            &text,
+            r#"kubelet_guard_refusals_total{fault="infrastructure",cause="kubelet_unreachable"}"#
+        ),
+        1,
+        "the refusal keeps its cause: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_what_went_wrong_with_the_kubelet() {
+    let certs = Certs::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut running = Running::start(&certs, closed).await;
+    let mut client = Http1::connect(&certs, running.addr, &apiserver()).await;
+    let response = client
+        .send(http::Request::get("/pods").body(empty()).unwrap())
+        .await;
+    assert_eq!(response.status(), 502);
+    let line = loop {
+        let line = running.next_json().await;
+        if line["target"] == "access" {
+            break line;
+        }
+    };
+    assert_eq!(line["upstream_error"], "connect", "{line}");
+    assert_eq!(line["cause"], "kubelet_unreachable", "{line}");
+    assert_eq!(line["decision"], "allowed", "{line}");
+}

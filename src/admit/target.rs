@@ -29,8 +29,8 @@
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Uri, Version, header};
 
-use crate::authz::path::PathError;
-use crate::reject::Rejection;
+use super::AdmitError;
+use super::path::PathError;
 
 /// Marks a request whose head carried both `Content-Length` and
 /// `Transfer-Encoding`, set by the server, which saw the head before hyper
@@ -40,23 +40,23 @@ pub struct AmbiguousFraming;
 
 /// The path and query exactly as the caller sent them, once the request's
 /// shape is unambiguous.
-pub fn request_target<B>(request: &Request<B>) -> Result<PathAndQuery, Rejection> {
+pub fn request_target<B>(request: &Request<B>) -> Result<PathAndQuery, AdmitError> {
     let uri = request.uri();
     if request.version() < Version::HTTP_2 && uri.scheme().is_some() {
-        return Err(Rejection::AbsoluteForm);
+        return Err(AdmitError::AbsoluteForm);
     }
-    check_authority(request.version(), uri, request.headers()).map_err(Rejection::BadHost)?;
+    check_authority(request.version(), uri, request.headers()).map_err(AdmitError::BadHost)?;
     let headers = request.headers();
     let both = headers.contains_key(header::CONTENT_LENGTH)
         && headers.contains_key(header::TRANSFER_ENCODING);
     if both || request.extensions().get::<AmbiguousFraming>().is_some() {
-        return Err(Rejection::BadFraming(
+        return Err(AdmitError::BadFraming(
             "both Content-Length and Transfer-Encoding",
         ));
     }
     uri.path_and_query()
         .cloned()
-        .ok_or(Rejection::BadPath(PathError::NotAbsolute))
+        .ok_or(AdmitError::BadPath(PathError::NotAbsolute))
 }
 
 fn check_authority(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), &'static str> {
@@ -93,90 +93,4 @@ fn check_authority(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(
 /// `host[:port]` and nothing else: no userinfo, path, spaces or controls.
 fn is_host_and_port(value: &[u8]) -> bool {
     !value.contains(&b'@') && Authority::try_from(value).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn target(version: Version, uri: &str, hosts: &[&str]) -> Result<String, String> {
-        let mut builder = Request::builder().version(version).uri(uri);
-        for host in hosts {
-            builder = builder.header(header::HOST, *host);
-        }
-        request_target(&builder.body(()).unwrap())
-            .map(|t| t.to_string())
-            .map_err(|e| e.body())
-    }
-
-    #[test]
-    fn http11_needs_exactly_one_well_formed_host() {
-        use Version as V;
-        assert_eq!(
-            target(V::HTTP_11, "/pods?x=1", &["10.0.0.1:10250"]),
-            Ok("/pods?x=1".into())
-        );
-        for (hosts, why) in [
-            (&[][..], "missing Host header"),
-            (&["a", "b"][..], "more than one Host header"),
-            (&["a", "a"][..], "more than one Host header"),
-            (&["user@a"][..], "malformed Host header"),
-            (&["a/b"][..], "malformed Host header"),
-            (&["a b"][..], "malformed Host header"),
-        ] {
-            assert_eq!(
-                target(V::HTTP_11, "/pods", hosts),
-                Err(format!("Bad Request: {why}")),
-                "{hosts:?}"
-            );
-        }
-        assert!(target(V::HTTP_11, "https://a/pods", &["a"]).is_err());
-    }
-
-    #[test]
-    fn content_length_with_transfer_encoding_is_refused() {
-        let request = Request::post("/run/a/b/c")
-            .header(header::HOST, "a")
-            .header(header::CONTENT_LENGTH, "4")
-            .header(header::TRANSFER_ENCODING, "chunked")
-            .body(())
-            .unwrap();
-        let refused = request_target(&request).unwrap_err();
-        assert_eq!(
-            refused.body(),
-            "Bad Request: both Content-Length and Transfer-Encoding"
-        );
-        let response = refused.into_response();
-        assert_eq!(response.status(), 400);
-        assert_eq!(response.headers()[header::CONNECTION], "close");
-    }
-
-    #[test]
-    fn http10_takes_at_most_one_host() {
-        use Version as V;
-        assert!(target(V::HTTP_10, "/pods", &[]).is_ok());
-        assert!(target(V::HTTP_10, "/pods", &["a"]).is_ok());
-        assert!(target(V::HTTP_10, "/pods", &["a", "b"]).is_err());
-        assert!(target(V::HTTP_10, "http://a/pods", &[]).is_err());
-    }
-
-    #[test]
-    fn http2_authority_and_host_must_agree() {
-        use Version as V;
-        assert!(target(V::HTTP_2, "https://127.0.0.1/pods", &[]).is_ok());
-        assert!(target(V::HTTP_2, "https://127.0.0.1/pods", &["127.0.0.1"]).is_ok());
-        assert!(target(V::HTTP_2, "https://Node-1/pods", &["node-1"]).is_ok());
-        assert!(target(V::HTTP_2, "/pods", &["127.0.0.1"]).is_ok());
-        assert!(target(V::HTTP_2, "/pods", &[]).is_ok());
-        for (uri, hosts) in [
-            ("https://127.0.0.1/pods", &["127.0.0.1", "evil.example"][..]),
-            ("https://127.0.0.1/pods", &["127.0.0.1", "127.0.0.1"][..]),
-            ("https://127.0.0.1/pods", &["evil.example"][..]),
-            ("https://127.0.0.1:10250/pods", &["127.0.0.1"][..]),
-            ("https://user@127.0.0.1/pods", &[][..]),
-            ("/pods", &["a", "b"][..]),
-        ] {
-            assert!(target(V::HTTP_2, uri, hosts).is_err(), "{uri} {hosts:?}");
-        }
-    }
 }
