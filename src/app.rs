@@ -1,7 +1,9 @@
-//! Assembly: a validated [`Config`] becomes a running gateway. Reading
-//! [`Gateway::bind`] top to bottom is reading the request path: TLS →
-//! authentication → authorization → forwarding; then the admin listener and
-//! the reloader that keep it running.
+//! Assembly: a validated [`Config`] becomes a running gateway. [`Gateway::bind`]
+//! is the list of components in the order a request meets them — the front
+//! door's TLS, authentication and authorization, the kubelet — then the
+//! server that runs the chain ([`crate::pipeline`]) and the admin listener.
+//! Two things are shared by all of them: the [`Reloader`] that keeps every
+//! file-backed value current, and the [`Drain`] that shuts them down.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use rustls::crypto::CryptoProvider;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,18 +23,17 @@ use crate::authn::{Authenticator, TokenAuthenticator};
 use crate::authz::cache::DecisionCache;
 use crate::authz::sar::Reviewer;
 use crate::authz::{Authorizer, Webhook};
-use crate::config::Config;
-use crate::config::Serving;
+use crate::config::{Config, Serving};
 use crate::csr::CsrIssuer;
 use crate::drain::Drain;
 use crate::fault::{self, FailureReporter};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
+use crate::reload::Reloader;
 use crate::server::Server;
 use crate::tls::coverage::ServingCoverage;
-use crate::tls::reload::{self, Material};
-use crate::tls::{self, ClientCa, ServingCert, ServingTls, TlsError};
+use crate::tls::{self, ClientCa, ServingCert, ServingTls, TlsError, TlsState};
 
 /// How long the other direction of an upgraded stream may keep going after
 /// one side has closed.
@@ -66,8 +68,7 @@ pub struct Gateway {
     admin: Arc<Admin>,
     admin_listener: TcpListener,
     admin_addr: SocketAddr,
-    materials: Vec<Material>,
-    metrics: Arc<Metrics>,
+    reloader: Reloader,
     /// With --serving-cert-source=csr: requests and renews the certificate.
     csr: Option<CsrIssuer>,
     grace: Duration,
@@ -78,205 +79,36 @@ impl Gateway {
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
         let provider = tls::crypto_provider(&config.tls)?;
-        let mut materials = Vec::new();
-
-        // TLS: the serving certificate (from files, or issued through a CSR)
-        // and the client CA, assembled into what new handshakes use.
-        let coverage = Arc::new(ServingCoverage::new(
-            config.serving_coverage.ips.clone(),
-            config.serving_coverage.dns_names.clone(),
-            config.serving_coverage.policy,
-            metrics.clone(),
-        ));
-        let (serving_tls, tls_state) =
-            ServingTls::new(config.tls.clone(), provider.clone(), Some(coverage.clone()));
-        let (serving_status, serving_status_updates) = watch::channel(String::new());
-        let load_client_ca = {
-            let (path, provider, metrics) = (
-                config.client_ca_file.clone(),
-                provider.clone(),
-                metrics.clone(),
-            );
-            move || -> Result<Option<Arc<ClientCa>>, TlsError> {
-                let Some(path) = &path else {
-                    return Ok(None);
-                };
-                let ca = ClientCa::load(path, &provider)?;
-                metrics.set_expiry("client_ca", ca.expires_at());
-                Ok(Some(Arc::new(ca)))
-            }
-        };
-        let mut csr = None;
-        match &config.serving {
-            Serving::Files { cert, key } => {
-                let load = {
-                    let (cert, key, provider, metrics) =
-                        (cert.clone(), key.clone(), provider.clone(), metrics.clone());
-                    let serving_tls = serving_tls.clone();
-                    move || -> Result<(), TlsError> {
-                        let serving = ServingCert::load(&cert, &key, &provider)?;
-                        let client_ca = load_client_ca()?;
-                        metrics.set_expiry("serving", serving.expires_at);
-                        serving_tls.set(Arc::new(serving), client_ca)
-                    }
-                };
-                load()?;
-                let paths = [
-                    Some(cert.clone()),
-                    Some(key.clone()),
-                    config.client_ca_file.clone(),
-                ];
-                materials.push(Material::new(
-                    "serving",
-                    paths.into_iter().flatten().collect(),
-                    Box::new(move || load().map_err(|e| e.to_string())),
-                ));
-            }
-            Serving::Csr(settings) => {
-                serving_tls.set_client_ca(load_client_ca()?)?;
-                if let Some(path) = config.client_ca_file.clone() {
-                    let serving_tls = serving_tls.clone();
-                    materials.push(Material::new(
-                        "client_ca",
-                        vec![path],
-                        Box::new(move || {
-                            let ca = load_client_ca().map_err(|e| e.to_string())?;
-                            serving_tls.set_client_ca(ca).map_err(|e| e.to_string())
-                        }),
-                    ));
-                }
-                let client = apiserver::client(settings.kubeconfig.as_deref()).await?;
-                csr = Some(CsrIssuer::new(
-                    client,
-                    config.node_name.clone(),
-                    settings.clone(),
-                    provider.clone(),
-                    serving_tls.clone(),
-                    serving_status,
-                    metrics.clone(),
-                ));
-            }
-        }
-
-        // Authentication and authorization, with the apiserver if configured.
-        let (tokens, webhook) = match &config.apiserver {
-            Some(apiserver) => {
-                let client = apiserver::client(apiserver.kubeconfig.as_deref()).await?;
-                let failures = Arc::new(FailureReporter::new(metrics.clone(), fault::WARN_EVERY));
-                let tokens = apiserver.token_authentication.as_ref().map(|t| {
-                    TokenAuthenticator::new(
-                        client.clone(),
-                        t.audiences.clone(),
-                        t.cache_ttl,
-                        apiserver.review_timeout,
-                        metrics.clone(),
-                        failures.clone(),
-                    )
-                });
-                let webhook = apiserver.authorization.as_ref().map(|a| Webhook {
-                    reviewer: Reviewer::new(
-                        client.clone(),
-                        config.node_name.clone(),
-                        apiserver.review_timeout,
-                        metrics.clone(),
-                        failures.clone(),
-                    ),
-                    cache: DecisionCache::new(
-                        a.authorized_ttl,
-                        a.unauthorized_ttl,
-                        DECISION_CACHE_ENTRIES,
-                    ),
-                });
-                (tokens, webhook)
-            }
-            None => (None, None),
-        };
-        let authenticator = Authenticator::new(tls_state.clone(), tokens, config.anonymous_auth);
-        let authorizer = Authorizer::new(config.static_rules.clone(), webhook);
-
-        // Forwarding: the gateway's own credentials for the kubelet, reloaded.
-        if config.upstream_tls.insecure_skip_verify {
-            tracing::warn!(
-                "--upstream-insecure-skip-tls-verify: the kubelet's serving certificate is not verified"
-            );
-        }
-        let client_cert = match &config.upstream_tls.client_cert {
-            Some((cert, key)) => {
-                let (updates, current) =
-                    watch::channel(Arc::new(tls::load_certified_key(cert, key, &provider)?));
-                let (cert, key, provider) = (cert.clone(), key.clone(), provider.clone());
-                let paths = vec![cert.clone(), key.clone()];
-                let reload = Box::new(move || {
-                    let loaded = tls::load_certified_key(&cert, &key, &provider)
-                        .map_err(|e| e.to_string())?;
-                    updates.send_replace(Arc::new(loaded));
-                    Ok(())
-                });
-                materials.push(Material::new("upstream_client", paths, reload));
-                Some(current)
-            }
-            None => None,
-        };
-        let upstream_tls =
-            tls::upstream_client_config(&config.upstream_tls, client_cert, &provider)?;
-        let (token_updates, token) =
-            watch::channel(read_upstream_token(config.upstream_token_file.as_deref())?);
-        if let Some(path) = config.upstream_token_file.clone() {
-            let reload = Box::new({
-                let path = path.clone();
-                move || {
-                    let token = read_upstream_token(Some(&path)).map_err(|e| e.to_string())?;
-                    token_updates.send_replace(token);
-                    Ok(())
-                }
-            });
-            materials.push(Material::new("upstream_token", vec![path], reload));
-        }
-        let upstream = Upstream::new(
-            config.upstream_scheme.clone(),
-            config.upstream_authority.clone(),
-            upstream_tls,
-            config.upstream_tls.server_name.clone(),
-            token,
-            &UpstreamOptions::default(),
-        );
+        let mut reloader = Reloader::new(metrics.clone());
         let drain = Drain::new();
-        let forwarder = Forwarder::new(upstream.clone(), HALF_CLOSE_LINGER, drain.clone());
 
+        let front = FrontDoor::new(&config, &provider, &metrics, &mut reloader).await?;
+        let (authenticator, authorizer) =
+            access_control(&config, front.tls.clone(), &metrics).await?;
+        let upstream = kubelet(&config, &provider, &mut reloader)?;
         let pipeline = Arc::new(Pipeline {
             streaming_authz: config.streaming_authz,
             authenticator,
             authorizer,
-            forwarder,
+            forwarder: Forwarder::new(upstream.clone(), HALF_CLOSE_LINGER, drain.clone()),
             metrics: metrics.clone(),
             log_format: config.log_format,
         });
 
-        let listener = bind(config.listen).await?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let (listener, local_addr) = bind(config.listen).await?;
         let server = Server::new(
             listener,
-            tls_state.clone(),
+            front.tls.clone(),
             pipeline,
             config.limits.clone(),
             metrics.clone(),
         );
-
-        let admin_listener = bind(config.admin_listen).await?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.admin_listen,
-                source,
-            })?;
+        let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
         let admin = Arc::new(Admin::new(
-            metrics.clone(),
-            tls_state,
-            serving_status_updates,
-            coverage,
+            metrics,
+            front.tls,
+            front.status,
+            front.coverage,
             upstream,
             drain.clone(),
         ));
@@ -287,9 +119,8 @@ impl Gateway {
             admin,
             admin_listener,
             admin_addr,
-            materials,
-            metrics,
-            csr,
+            reloader,
+            csr: front.csr,
             grace: config.shutdown_grace_period,
             drain,
         })
@@ -307,12 +138,7 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(address = %self.local_addr, admin = %self.admin_addr, "serving");
         let drain = self.drain;
-        let reloader = tokio::spawn(reload::watch(
-            self.materials,
-            self.metrics.clone(),
-            RELOAD_RESYNC,
-            drain.clone(),
-        ));
+        let reloader = tokio::spawn(self.reloader.run(RELOAD_RESYNC, drain.clone()));
         let admin = tokio::spawn(self.admin.serve(self.admin_listener));
         let csr = self
             .csr
@@ -336,17 +162,205 @@ impl Gateway {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// The serving side of TLS: the serving certificate (from files, reloaded,
+/// or issued through a CSR) and the client CA, assembled into the state new
+/// handshakes use.
+struct FrontDoor {
+    tls: watch::Receiver<Option<Arc<TlsState>>>,
+    coverage: Arc<ServingCoverage>,
+    /// Why there is no serving certificate yet (a CSR in flight).
+    status: watch::Receiver<String>,
+    csr: Option<CsrIssuer>,
+}
+
+impl FrontDoor {
+    async fn new(
+        config: &Config,
+        provider: &Arc<CryptoProvider>,
+        metrics: &Arc<Metrics>,
+        reloader: &mut Reloader,
+    ) -> Result<FrontDoor, StartError> {
+        let coverage = Arc::new(ServingCoverage::new(
+            config.serving_coverage.ips.clone(),
+            config.serving_coverage.dns_names.clone(),
+            config.serving_coverage.policy,
+            metrics.clone(),
+        ));
+        let (serving_tls, tls) =
+            ServingTls::new(config.tls.clone(), provider.clone(), Some(coverage.clone()));
+        let (status_updates, status) = watch::channel(String::new());
+        let load_client_ca = {
+            let (path, provider, metrics) = (
+                config.client_ca_file.clone(),
+                provider.clone(),
+                metrics.clone(),
+            );
+            move || -> Result<Option<Arc<ClientCa>>, TlsError> {
+                let Some(path) = &path else {
+                    return Ok(None);
+                };
+                let ca = ClientCa::load(path, &provider)?;
+                metrics.set_expiry("client_ca", ca.expires_at());
+                Ok(Some(Arc::new(ca)))
+            }
+        };
+        let csr = match &config.serving {
+            // Certificate, key and client CA are one material: a rotation
+            // that changes the CA with the certificate lands at once.
+            Serving::Files { cert, key } => {
+                let paths = [Some(cert), Some(key), config.client_ca_file.as_ref()];
+                let (cert, key, provider, metrics) =
+                    (cert.clone(), key.clone(), provider.clone(), metrics.clone());
+                reloader.add(
+                    "serving",
+                    paths.into_iter().flatten().cloned().collect(),
+                    move || -> Result<(), TlsError> {
+                        let serving = ServingCert::load(&cert, &key, &provider)?;
+                        let client_ca = load_client_ca()?;
+                        metrics.set_expiry("serving", serving.expires_at);
+                        serving_tls.set(Arc::new(serving), client_ca)
+                    },
+                )?;
+                None
+            }
+            Serving::Csr(settings) => {
+                if let Some(path) = config.client_ca_file.clone() {
+                    let serving_tls = serving_tls.clone();
+                    reloader.add("client_ca", vec![path], move || {
+                        serving_tls.set_client_ca(load_client_ca()?)
+                    })?;
+                }
+                let client = apiserver::client(settings.kubeconfig.as_deref()).await?;
+                Some(CsrIssuer::new(
+                    client,
+                    config.node_name.clone(),
+                    settings.clone(),
+                    provider.clone(),
+                    serving_tls,
+                    status_updates,
+                    metrics.clone(),
+                ))
+            }
+        };
+        Ok(FrontDoor {
+            tls,
+            coverage,
+            status,
+            csr,
+        })
+    }
+}
+
+/// Authentication (client certificates; bearer tokens by TokenReview) and
+/// authorization (static rules; SubjectAccessReview), with the apiserver if
+/// configured.
+async fn access_control(
+    config: &Config,
+    tls: watch::Receiver<Option<Arc<TlsState>>>,
+    metrics: &Arc<Metrics>,
+) -> Result<(Authenticator, Authorizer), StartError> {
+    let (tokens, webhook) = match &config.apiserver {
+        Some(apiserver) => {
+            let client = apiserver::client(apiserver.kubeconfig.as_deref()).await?;
+            let failures = Arc::new(FailureReporter::new(metrics.clone(), fault::WARN_EVERY));
+            let tokens = apiserver.token_authentication.as_ref().map(|t| {
+                TokenAuthenticator::new(
+                    client.clone(),
+                    t.audiences.clone(),
+                    t.cache_ttl,
+                    apiserver.review_timeout,
+                    metrics.clone(),
+                    failures.clone(),
+                )
+            });
+            let webhook = apiserver.authorization.as_ref().map(|a| Webhook {
+                reviewer: Reviewer::new(
+                    client.clone(),
+                    config.node_name.clone(),
+                    apiserver.review_timeout,
+                    metrics.clone(),
+                    failures.clone(),
+                ),
+                cache: DecisionCache::new(
+                    a.authorized_ttl,
+                    a.unauthorized_ttl,
+                    DECISION_CACHE_ENTRIES,
+                ),
+            });
+            (tokens, webhook)
+        }
+        None => (None, None),
+    };
+    Ok((
+        Authenticator::new(tls, tokens, config.anonymous_auth),
+        Authorizer::new(config.static_rules.clone(), webhook),
+    ))
+}
+
+/// The kubelet: where it is and the gateway's credentials for it — the CA
+/// its certificate is checked with, the client certificate and the bearer
+/// token — each reloaded when its file changes.
+fn kubelet(
+    config: &Config,
+    provider: &Arc<CryptoProvider>,
+    reloader: &mut Reloader,
+) -> Result<Upstream, StartError> {
+    let upstream_tls = &config.upstream_tls;
+    if upstream_tls.insecure_skip_verify {
+        tracing::warn!(
+            "--upstream-insecure-skip-tls-verify: the kubelet's serving certificate is not verified"
+        );
+    }
+    let ca = match &upstream_tls.ca_file {
+        Some(path) if !upstream_tls.insecure_skip_verify => {
+            let (path, provider) = (path.clone(), provider.clone());
+            let ca = reloader.add("upstream_ca", vec![path.clone()], move || {
+                tls::load_upstream_ca(&path, &provider)
+            })?;
+            Some(ca.watch())
+        }
+        _ => None,
+    };
+    let client_cert = match &upstream_tls.client_cert {
+        Some((cert, key)) => {
+            let (cert, key, provider) = (cert.clone(), key.clone(), provider.clone());
+            let current = reloader.add(
+                "upstream_client",
+                vec![cert.clone(), key.clone()],
+                move || tls::load_certified_key(&cert, &key, &provider).map(Arc::new),
+            )?;
+            Some(current.watch())
+        }
+        None => None,
+    };
+    let client_tls = tls::upstream_client_config(upstream_tls, ca, client_cert, provider)?;
+    let token = match config.upstream_token_file.clone() {
+        Some(path) => reloader
+            .add("upstream_token", vec![path.clone()], move || {
+                read_upstream_token(&path)
+            })?
+            .watch(),
+        None => watch::channel(None).1,
+    };
+    Ok(Upstream::new(
+        config.upstream_scheme.clone(),
+        config.upstream_authority.clone(),
+        client_tls,
+        upstream_tls.server_name.clone(),
+        token,
+        &UpstreamOptions::default(),
+    ))
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
+    Ok((listener, local))
 }
 
 /// The `Authorization` header the gateway sends to the kubelet.
-fn read_upstream_token(path: Option<&Path>) -> Result<Option<HeaderValue>, StartError> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
+fn read_upstream_token(path: &Path) -> Result<Option<HeaderValue>, StartError> {
     let problem = |problem: String| StartError::UpstreamToken {
         path: path.to_owned(),
         problem,

@@ -2,11 +2,14 @@
 //! the apiserver expects the kubelet (`<node-ip>:10250`) and forwards what it
 //! allows to the kubelet on loopback.
 //!
-//! The modules follow the request: [`server`] accepts TLS connections, the
-//! [`pipeline`] runs each request through [`authn`], [`target`] (one path,
-//! one authority), [`authz`] and [`proxy`]; [`tls`] holds every certificate
-//! concern, [`config`] turns flags and the config file into a
-//! [`config::Config`], and [`app`] assembles it all.
+//! The modules follow the request: [`server`] accepts TLS connections and
+//! serves HTTP, the [`pipeline`] runs each request through [`authn`],
+//! [`admit`] (the one place a request's shape is checked), [`authz`] and
+//! [`proxy`], and [`access_log`] writes what happened. No module imports one
+//! that imports it back (`tests/module_graph.rs`). [`tls`] holds every
+//! certificate concern, [`reload`] keeps file-backed values current,
+//! [`drain`] is the one shutdown signal, [`config`] turns flags and the
+//! config file into a [`config::Config`], and [`app`] assembles it all.
 
 pub mod access_log;
 pub mod admin;
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod reject;
+pub mod reload;
 pub mod request_headers;
 pub mod server;
 pub mod tls;

@@ -84,7 +84,8 @@ pub struct ServingGapLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
-    /// serving (certificate, key and client CA), upstream_client or upstream_token.
+    /// serving (certificate, key and client CA), client_ca (with a CSR-issued
+    /// serving certificate), upstream_ca, upstream_client or upstream_token.
     pub material: &'static str,
     /// success or failure.
     pub result: &'static str,

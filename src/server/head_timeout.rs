@@ -11,9 +11,9 @@
 //! sending nothing, cannot hold a connection.
 //!
 //! The guard sits between TLS and hyper. It cannot see where a head ends, so
-//! the request pipeline tells it through a shared [`HeadClock`]: a request
-//! started (head complete), its response finished (idle again), or the
-//! connection was upgraded (no heads any more).
+//! the connection's request handler (`connection::serve`) tells it through a
+//! shared [`HeadClock`]: a request started (head complete), its response
+//! finished (idle again), or the connection was upgraded (no heads any more).
 
 use std::io;
 use std::pin::Pin;
@@ -36,7 +36,7 @@ const UPGRADED: u8 = 2;
 pub struct HeadClock(AtomicU8, AtomicBool);
 
 impl HeadClock {
-    /// The head was parsed and handed to the pipeline.
+    /// The head was parsed and the request handed on.
     pub fn request_started(&self) {
         let _ = self
             .0

@@ -10,7 +10,6 @@ mod client_ca;
 pub mod coverage;
 mod options;
 mod pem;
-pub mod reload;
 mod server;
 mod upstream;
 
@@ -23,7 +22,7 @@ pub use client_ca::ClientCa;
 pub use options::{TlsOptions, TlsVersion, crypto_provider};
 pub use pem::{load_certificates, load_certified_key, load_private_key};
 pub use server::{ServingCert, ServingFiles, ServingTls, TlsState};
-pub use upstream::{UpstreamTls, upstream_client_config};
+pub use upstream::{UpstreamTls, load_upstream_ca, upstream_client_config};
 
 /// A certificate, key or TLS setting that cannot be used.
 #[derive(Debug, Error)]

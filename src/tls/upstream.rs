@@ -1,11 +1,11 @@
 //! The client side: how the gateway proves itself to the kubelet and checks
 //! the kubelet's serving certificate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -30,10 +30,35 @@ pub struct UpstreamTls {
     pub server_name: Option<ServerName<'static>>,
 }
 
-/// `client_cert` is the gateway's current client certificate for the
-/// kubelet; each new kubelet connection presents the latest one.
+/// The kubelet's CA bundle (`--upstream-ca-file`), ready to verify its
+/// serving certificate with: webpki's verifier over exactly those roots,
+/// as `ClientConfig::with_root_certificates` builds it.
+pub fn load_upstream_ca(
+    path: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    let unusable = |reason: String| TlsError::BadCertificate {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in load_certificates(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| unusable(format!("not usable as a CA certificate: {e}")))?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| unusable(e.to_string()))
+}
+
+/// `ca` is the current verifier from `--upstream-ca-file` ([`load_upstream_ca`],
+/// reloaded) and `client_cert` the gateway's current client certificate for
+/// the kubelet; each new kubelet connection uses the latest of both. With
+/// neither `ca` nor `insecure_skip_verify`, no kubelet certificate verifies.
 pub fn upstream_client_config(
     tls: &UpstreamTls,
+    ca: Option<watch::Receiver<Arc<WebPkiServerVerifier>>>,
     client_cert: Option<watch::Receiver<Arc<CertifiedKey>>>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<ClientConfig, TlsError> {
@@ -43,17 +68,12 @@ pub fn upstream_client_config(
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider.clone())))
+    } else if let Some(ca) = ca {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(CurrentCa(ca)))
     } else {
-        let mut roots = RootCertStore::empty();
-        if let Some(path) = &tls.ca_file {
-            for cert in load_certificates(path)? {
-                roots.add(cert).map_err(|e| TlsError::BadCertificate {
-                    path: path.clone(),
-                    reason: format!("not usable as a CA certificate: {e}"),
-                })?;
-            }
-        }
-        builder.with_root_certificates(roots)
+        builder.with_root_certificates(RootCertStore::empty())
     };
     Ok(match client_cert {
         Some(current) => builder.with_client_cert_resolver(Arc::new(CurrentClientCert(current))),
@@ -76,6 +96,53 @@ impl ResolvesClientCert for CurrentClientCert {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// Verifies with whatever CA bundle was loaded last; a connection is
+/// verified once, at its handshake.
+#[derive(Debug)]
+struct CurrentCa(watch::Receiver<Arc<WebPkiServerVerifier>>);
+
+impl CurrentCa {
+    fn now(&self) -> Arc<WebPkiServerVerifier> {
+        self.0.borrow().clone()
+    }
+}
+
+impl ServerCertVerifier for CurrentCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.now()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.now().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.now().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.now().supported_verify_schemes()
     }
 }
 

@@ -356,6 +356,56 @@ async fn a_broken_certificate_is_reported_and_the_last_good_one_kept() {
     );
 }
 
+/// Whether an exec through the gateway switches protocols: upgrades get a
+/// kubelet connection of their own, so each is a new TLS handshake with the
+/// kubelet, verified with the CA bundle the gateway holds now.
+async fn exec_switches(env: &Env) -> bool {
+    let mut stream = env.raw(&apiserver()).await;
+    stream
+        .write(spdy_request("/exec/default/demo/app?command=sh&input=1").as_bytes())
+        .await;
+    stream
+        .read_head()
+        .await
+        .is_some_and(|head| head.status == 101)
+}
+
+#[tokio::test]
+async fn a_rotated_upstream_ca_is_picked_up_and_a_broken_one_keeps_the_last_good() {
+    // The gateway starts trusting a CA that did not sign the kubelet's
+    // certificate: the kubelet cannot be verified.
+    let wrong = Authority::new("not the kubelet's CA").unwrap();
+    let env = Env::start_with(|certs, settings| {
+        let path = certs.path("upstream-ca.crt");
+        std::fs::write(&path, wrong.cert_pem()).unwrap();
+        settings.upstream_ca_file = Some(path);
+    })
+    .await;
+    let upstream_ca = env.certs.path("upstream-ca.crt");
+    assert_eq!(env.get(&apiserver(), "/pods").await.0, 502);
+    assert!(!exec_switches(&env).await);
+
+    // Rotation: the file now holds the kubelet's CA.
+    std::fs::write(&upstream_ca, read(&env.certs.path("ca.crt"))).unwrap();
+    wait_for_metric(
+        &env,
+        r#"kubelet_guard_certificate_reloads_total{material="upstream_ca",result="success"} 1"#,
+    )
+    .await;
+    assert_eq!(env.get(&apiserver(), "/pods").await.0, 200);
+    assert!(exec_switches(&env).await, "a new handshake uses the new CA");
+
+    // A broken file: counted, and new handshakes keep the last good CA.
+    std::fs::write(&upstream_ca, "not a certificate").unwrap();
+    wait_for_metric(
+        &env,
+        r#"kubelet_guard_certificate_reloads_total{material="upstream_ca",result="failure"} 1"#,
+    )
+    .await;
+    assert!(exec_switches(&env).await, "the last good CA is still used");
+    assert_eq!(env.get(&apiserver(), "/pods").await.0, 200);
+}
+
 #[tokio::test]
 async fn readiness_follows_the_kubelet_and_shutdown() {
     let env = Env::start().await;

@@ -1,8 +1,10 @@
-//! Reloading certificates and credentials when their files change, without
-//! touching open connections: a reload builds new material and publishes it;
-//! new handshakes (and new kubelet connections) pick it up, old ones keep
-//! theirs. A file that fails to load is logged and counted, and the last
-//! good material stays in use.
+//! The one way files are reloaded: a [`Reloadable`] value (certificate,
+//! CA bundle, token) is loaded at start-up, then reloaded whenever its files
+//! change, without touching open connections. A reload publishes the new
+//! value; new handshakes (and new kubelet connections) pick it up, old ones
+//! keep theirs. A file that fails to load is logged and counted
+//! (`kubelet_guard_certificate_reloads_total{material,result}`), and the
+//! last good value stays in use.
 //!
 //! Kubernetes updates a mounted Secret by swapping a `..data` symlink in the
 //! mount directory, so the *directories* are watched (inotify, via notify),
@@ -10,22 +12,90 @@
 //! missed. Nothing is reloaded unless the files' contents changed.
 
 use std::collections::BTreeSet;
+use std::fmt::Display;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 
-/// Loads a piece of material from its files and publishes it.
-pub type Load = Box<dyn Fn() -> Result<(), String> + Send>;
+/// The last good value loaded from a set of files. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reloadable<T> {
+    current: watch::Receiver<T>,
+}
+
+impl<T: Clone> Reloadable<T> {
+    /// The value now.
+    pub fn get(&self) -> T {
+        self.current.borrow().clone()
+    }
+
+    /// Follows the value: `borrow()` always gives the latest.
+    pub fn watch(&self) -> watch::Receiver<T> {
+        self.current.clone()
+    }
+}
+
+/// Every reloadable value of the gateway, and the task that keeps them
+/// current ([`Reloader::run`]).
+pub struct Reloader {
+    materials: Vec<Material>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Reloader {
+            materials: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// Loads `name` with `load` now — an error is returned, for start-up to
+    /// fail on — and again whenever one of `paths` (what `load` reads)
+    /// changes. `name` is the `material` label of the reload counter.
+    pub fn add<T, E>(
+        &mut self,
+        name: &'static str,
+        paths: Vec<PathBuf>,
+        load: impl Fn() -> Result<T, E> + Send + 'static,
+    ) -> Result<Reloadable<T>, E>
+    where
+        T: Send + Sync + 'static,
+        E: Display,
+    {
+        // Taken first: a change during the load is seen by the next check.
+        let fingerprint = fingerprint(&paths);
+        let (updates, current) = watch::channel(load()?);
+        self.materials.push(Material {
+            name,
+            paths,
+            load: Box::new(move || {
+                updates.send_replace(load().map_err(|e| e.to_string())?);
+                Ok(())
+            }),
+            fingerprint,
+        });
+        Ok(Reloadable { current })
+    }
+
+    /// Watches and reloads until the gateway has stopped.
+    pub async fn run(self, resync: Duration, drain: Drain) {
+        watch_files(self.materials, self.metrics, resync, drain).await;
+    }
+}
+
+/// Loads a value from its files and publishes it.
+type Load = Box<dyn Fn() -> Result<(), String> + Send>;
 
 /// One set of files that is loaded together (a certificate and its key, say).
-pub struct Material {
+struct Material {
     name: &'static str,
     paths: Vec<PathBuf>,
     load: Load,
@@ -33,18 +103,6 @@ pub struct Material {
 }
 
 impl Material {
-    /// `load` must already have run once successfully (at start-up): the
-    /// files as they are now are the baseline.
-    pub fn new(name: &'static str, paths: Vec<PathBuf>, load: Load) -> Self {
-        let fingerprint = fingerprint(&paths);
-        Material {
-            name,
-            paths,
-            load,
-            fingerprint,
-        }
-    }
-
     /// Reloads if the files changed since the last look.
     fn check(&mut self, metrics: &Metrics) {
         let now = fingerprint(&self.paths);
@@ -79,8 +137,7 @@ fn fingerprint(paths: &[PathBuf]) -> u64 {
     hasher.finish()
 }
 
-/// Watches and reloads until the gateway has stopped.
-pub async fn watch(
+async fn watch_files(
     mut materials: Vec<Material>,
     metrics: Arc<Metrics>,
     resync: Duration,
@@ -161,26 +218,23 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         let path = file.clone();
-        let material = Material::new(
-            "upstream_token",
-            vec![file.clone()],
-            Box::new(move || {
+        let metrics = Arc::new(Metrics::new());
+        let mut reloader = Reloader::new(metrics.clone());
+        let token = reloader
+            .add("upstream_token", vec![file.clone()], move || {
                 let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
                 if text.is_empty() {
-                    return Err("empty".into());
+                    return Err("empty".to_owned());
                 }
-                sink.lock().unwrap().push(text);
-                Ok(())
-            }),
-        );
-        let metrics = Arc::new(Metrics::new());
+                sink.lock().unwrap().push(text.clone());
+                Ok(text)
+            })
+            .unwrap();
+        assert_eq!(token.get(), "one", "loaded at once");
+        // Only reloads from here on.
+        seen.lock().unwrap().clear();
         let drain = Drain::new();
-        let task = tokio::spawn(watch(
-            vec![material],
-            metrics.clone(),
-            Duration::from_secs(3600),
-            drain.clone(),
-        ));
+        let task = tokio::spawn(reloader.run(Duration::from_secs(3600), drain.clone()));
 
         let wait_for = |n: usize| {
             let seen = seen.clone();
@@ -197,12 +251,15 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         std::fs::write(&file, "two").unwrap();
         wait_for(1).await;
+        assert_eq!(token.get(), "two");
         std::fs::write(&file, "").unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(token.get(), "two", "the last good value stays");
         std::fs::write(&file, "three").unwrap();
         wait_for(2).await;
 
         assert_eq!(*seen.lock().unwrap(), ["two", "three"]);
+        assert_eq!(token.get(), "three");
         let text = metrics.encode();
         assert!(
             text.contains(r#"material="upstream_token",result="success"} 2"#),
@@ -214,5 +271,19 @@ mod tests {
         );
         drain.stop();
         task.await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod start_up_tests {
+    use super::*;
+
+    #[test]
+    fn a_value_that_cannot_be_loaded_at_start_up_is_an_error() {
+        let mut reloader = Reloader::new(Arc::new(Metrics::new()));
+        let loaded: Result<Reloadable<u8>, String> =
+            reloader.add("upstream_ca", vec![], || Err("no such file".to_owned()));
+        assert_eq!(loaded.unwrap_err(), "no such file");
+        assert!(reloader.materials.is_empty(), "nothing left to watch");
     }
 }
