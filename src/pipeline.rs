@@ -99,8 +99,9 @@ impl Pipeline {
         record.authenticated(&caller);
 
         let admitted = admit(&request)?;
-        let upgrade_allowed = is_upgrade_endpoint(&admitted.path);
-        let attributes = attributes_for(admitted.method_verb, &admitted.path, self.streaming_authz);
+        let upgrade_allowed = is_upgrade_endpoint(admitted.path());
+        let attributes =
+            attributes_for(admitted.method_verb, admitted.path(), self.streaming_authz);
         record.attributes(attributes);
 
         let decision = match self

@@ -15,6 +15,8 @@ pub mod method;
 pub mod path;
 pub mod target;
 
+use std::borrow::Cow;
+
 use http::Request;
 use http::uri::PathAndQuery;
 use thiserror::Error;
@@ -45,21 +47,32 @@ pub enum AdmitError {
 pub struct Admitted {
     /// The path and query exactly as sent: what is forwarded.
     pub target: PathAndQuery,
-    /// The decoded path: what is authorized (the kubelet routes on it).
-    pub path: String,
+    /// The decoded path, when decoding changed it (most paths have no
+    /// escapes: no copy then).
+    decoded: Option<String>,
     /// The verb of the request's method.
     pub method_verb: Verb,
+}
+
+impl Admitted {
+    /// The decoded path: what is authorized (the kubelet routes on it).
+    pub fn path(&self) -> &str {
+        self.decoded.as_deref().unwrap_or(self.target.path())
+    }
 }
 
 /// Checks, in this order, the request target, the path and the method.
 pub fn admit<B>(request: &Request<B>) -> Result<Admitted, AdmitError> {
     let target = target::request_target(request)?;
-    let path = path::decode_request_path(target.path())?.into_owned();
+    let decoded = match path::decode_request_path(target.path())? {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(decoded) => Some(decoded),
+    };
     let method_verb = Verb::for_method(request.method())
         .ok_or_else(|| MethodNotAllowed(request.method().clone()))?;
     Ok(Admitted {
         target,
-        path,
+        decoded,
         method_verb,
     })
 }
@@ -87,8 +100,12 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(admitted.target, "/containerLogs/ns/p%20o/c?tailLines=1");
-        assert_eq!(admitted.path, "/containerLogs/ns/p o/c");
+        assert_eq!(admitted.path(), "/containerLogs/ns/p o/c");
         assert_eq!(admitted.method_verb, Verb::Get);
+        let plain = admit(&request(Method::POST, "/exec/ns/p/c?command=sh")).unwrap();
+        assert_eq!(plain.path(), "/exec/ns/p/c");
+        assert_eq!(plain.decoded, None, "no copy of a path without escapes");
+        assert_eq!(plain.method_verb, Verb::Create);
     }
 
     #[test]
