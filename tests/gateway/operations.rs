@@ -440,7 +440,7 @@ async fn metrics_pass_promtool_and_count_what_happened() {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("promtool installed (apt-get install prometheus)");
+            .expect("promtool installed (tests/run installs it)");
         child
             .stdin
             .take()

@@ -631,10 +631,12 @@ pub fn websocket_request(target: &str) -> String {
 }
 
 /// Runs a real command-line tool; fails the test with a clear message when
-/// it is missing (`.ci/run` installs curl and openssl).
+/// it is missing (`tests/run` installs curl, openssl and promtool).
 pub fn run_tool(tool: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(tool)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}): install it (apt-get install {tool})"))
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} ({e}): run the tests with tests/run, which installs it")
+        })
 }
