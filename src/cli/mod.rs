@@ -29,6 +29,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
+    // The parsed flags here include their defaults; `serve` reads the
+    // matches instead, to tell a flag given from a default.
     Serve(Box<Settings>),
     /// Show what the gateway would check for a request: its attributes, the
     /// SubjectAccessReviews it would send (YAML) and the RBAC that allows it.
@@ -89,9 +91,10 @@ pub enum CertsCommand {
     },
 }
 
-pub fn serve(settings: Settings) -> anyhow::Result<()> {
+/// `flags`: the `serve` subcommand's matches.
+pub fn serve(flags: &clap::ArgMatches) -> anyhow::Result<()> {
     // Configuration errors go to stderr before any logging is set up.
-    let config = settings.resolve()?.validate()?;
+    let config = Settings::load(flags)?.validate()?;
     init_logging(config.log_format);
     runtime()?.block_on(async {
         let gateway = Gateway::bind(config).await.context("cannot start")?;

@@ -157,7 +157,7 @@ async fn an_http2_caller_is_forwarded_to_the_kubelet_as_http11() {
 async fn a_kubelet_that_is_down_gives_502_at_once() {
     let env = Env::start_with(|_, settings| {
         // Nothing listens on port 1.
-        settings.upstream = Some("https://127.0.0.1:1".into());
+        settings.upstream.upstream = "https://127.0.0.1:1".into();
     })
     .await;
     let started = Instant::now();
@@ -184,7 +184,7 @@ async fn caller_credentials_never_reach_the_kubelet_only_the_gateways_own() {
         },
         |certs, settings| {
             std::fs::write(certs.path("upstream-token"), "gateway-secret\n").unwrap();
-            settings.upstream_token_file = Some(certs.path("upstream-token"));
+            settings.upstream.upstream_token_file = Some(certs.path("upstream-token"));
         },
     )
     .await;
@@ -272,7 +272,7 @@ async fn the_kubelet_certificate_is_verified_for_the_configured_server_name() {
 
     for (server_name, expected) in [(None, 502), (Some("node-a"), 200), (Some("node-b"), 502)] {
         let mut settings = gateway_settings(&certs, kubelet.addr());
-        settings.upstream_tls_server_name = server_name.map(String::from);
+        settings.upstream.upstream_tls_server_name = server_name.map(String::from);
         let (addr, shutdown, _task) = start_gateway(settings).await;
         let mut client = Http1::connect(&certs, addr, &apiserver()).await;
         let response = client

@@ -247,10 +247,11 @@ impl Env {
         let mut settings = gateway_settings(&certs, kubelet.addr());
         let apiserver = if with_apiserver {
             let api = apiserver::FakeApiserver::start(&certs).await;
-            settings.kubeconfig = Some(api.write_kubeconfig(&certs, "gateway-sa-token-1"));
-            settings.authorization_mode = Some(AuthorizationMode::Webhook);
-            settings.authentication_token_webhook = Some(true);
-            settings.authorization = None;
+            settings.apiserver.kubeconfig =
+                Some(api.write_kubeconfig(&certs, "gateway-sa-token-1"));
+            settings.authz.authorization_mode = AuthorizationMode::Webhook;
+            settings.authn.authentication_token_webhook = true;
+            settings.authz.authorization = None;
             Some(api)
         } else {
             None
@@ -366,26 +367,25 @@ pub async fn start_tls_kubelet(
 }
 
 pub fn gateway_settings(certs: &Certs, kubelet: SocketAddr) -> Settings {
-    Settings {
-        node_name: Some(NODE.into()),
-        secure_listen_address: Some("127.0.0.1:0".parse().unwrap()),
-        admin_listen_address: Some("127.0.0.1:0".parse().unwrap()),
-        shutdown_grace_period: Some(GoDuration(Duration::from_secs(2))),
-        tls_cert_file: Some(certs.path("serving.crt")),
-        tls_private_key_file: Some(certs.path("serving.key")),
-        client_ca_file: Some(certs.path("ca.crt")),
-        upstream: Some(format!("https://{kubelet}")),
-        upstream_ca_file: Some(certs.path("ca.crt")),
-        upstream_client_cert_file: Some(certs.path("gateway-client.crt")),
-        upstream_client_key_file: Some(certs.path("gateway-client.key")),
-        authorization: Some(AuthorizationSettings {
-            static_rules: default_rules(),
-        }),
-        // No apiserver unless a test starts one (see `apiserver.rs`).
-        authorization_mode: Some(AuthorizationMode::Static),
-        authentication_token_webhook: Some(false),
-        ..Settings::default()
-    }
+    let mut s = Settings::default();
+    s.node.node_name = Some(NODE.into());
+    s.serving.secure_listen_address = "127.0.0.1:0".parse().unwrap();
+    s.operations.admin_listen_address = "127.0.0.1:0".parse().unwrap();
+    s.operations.shutdown_grace_period = GoDuration(Duration::from_secs(2));
+    s.serving.tls_cert_file = Some(certs.path("serving.crt"));
+    s.serving.tls_private_key_file = Some(certs.path("serving.key"));
+    s.serving.client_ca_file = Some(certs.path("ca.crt"));
+    s.upstream.upstream = format!("https://{kubelet}");
+    s.upstream.upstream_ca_file = Some(certs.path("ca.crt"));
+    s.upstream.upstream_client_cert_file = Some(certs.path("gateway-client.crt"));
+    s.upstream.upstream_client_key_file = Some(certs.path("gateway-client.key"));
+    s.authz.authorization = Some(AuthorizationSettings {
+        static_rules: default_rules(),
+    });
+    // No apiserver unless a test starts one (see `apiserver.rs`).
+    s.authz.authorization_mode = AuthorizationMode::Static;
+    s.authn.authentication_token_webhook = false;
+    s
 }
 
 pub async fn start_gateway(
