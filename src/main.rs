@@ -41,7 +41,6 @@ fn main() -> ExitCode {
                     duration,
                 },
         } => cli::certs_sign(&ca_cert, &ca_key, &csr, duration.0),
-        Command::Demo { dir, listen } => cli::demo::run(&dir, listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kubelet_guard::config::Settings;
-use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions};
+use kubelet_guard_testkit::kubelet::{DemoKubelet, DemoKubeletOptions};
 
 use crate::support::binary::{BINARY, Running};
 use crate::support::*;

@@ -178,7 +178,7 @@ async fn a_kubelet_that_is_down_gives_502_at_once() {
 #[tokio::test]
 async fn caller_credentials_never_reach_the_kubelet_only_the_gateways_own() {
     let env = Env::start_full(
-        kubelet_guard::demo_kubelet::DemoKubeletOptions {
+        kubelet_guard_testkit::kubelet::DemoKubeletOptions {
             required_token: Some("gateway-secret".into()),
             ..Default::default()
         },
@@ -253,11 +253,11 @@ async fn the_kubelet_certificate_is_verified_for_the_configured_server_name() {
         kubelet_guard::certs::LeafSpec::new("node-a", &[], kubelet_guard::certs::Usage::Server);
     spec.dns_names = vec!["node-a".into()];
     certs.issue("node-a-kubelet", &spec);
-    let kubelet = kubelet_guard::demo_kubelet::DemoKubelet::start(
+    let kubelet = kubelet_guard_testkit::kubelet::DemoKubelet::start(
         "127.0.0.1:0".parse().unwrap(),
-        kubelet_guard::demo_kubelet::DemoKubeletOptions {
+        kubelet_guard_testkit::kubelet::DemoKubeletOptions {
             tls: Some(
-                kubelet_guard::demo_kubelet::mutual_tls(
+                kubelet_guard_testkit::kubelet::mutual_tls(
                     &certs.path("node-a-kubelet.crt"),
                     &certs.path("node-a-kubelet.key"),
                     &certs.path("ca.crt"),

@@ -380,7 +380,7 @@ async fn readiness_follows_the_kubelet_and_shutdown() {
 #[tokio::test]
 async fn readiness_reports_a_kubelet_that_refuses_the_gateway() {
     let env = Env::start_full(
-        kubelet_guard::demo_kubelet::DemoKubeletOptions {
+        kubelet_guard_testkit::kubelet::DemoKubeletOptions {
             required_token: Some("the-right-token".into()),
             ..Default::default()
         },
