@@ -358,3 +358,41 @@ fn every_file_key_is_read_by_a_section() {
         "an empty file is all defaults"
     );
 }
+
+#[test]
+fn load_reads_the_config_file_then_lays_the_given_flags_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        "nodeName: from-file\ntlsCertFile: /c\ntlsPrivateKeyFile: /k\nupstreamCaFile: /ca\n\
+         idleTimeout: 5s\nanonymousAuth: true\n",
+    )
+    .unwrap();
+    let flags = Settings::command()
+        .try_get_matches_from([
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--node-name",
+            "from-flag",
+            "--max-connections",
+            "7",
+        ])
+        .unwrap();
+    let config = Settings::load(&flags).unwrap().validate().unwrap();
+    assert_eq!(config.node_name, "from-flag");
+    assert_eq!(config.limits.max_connections, 7);
+    assert_eq!(config.limits.idle_timeout, Duration::from_secs(5));
+    assert!(config.anonymous_auth);
+    assert_eq!(config.limits.tls_handshake_timeout, Duration::from_secs(10));
+
+    let missing = Settings::command()
+        .try_get_matches_from(["serve", "--config", "/nonexistent/kubelet-guard.yaml"])
+        .unwrap();
+    let err = Settings::load(&missing).unwrap_err().to_string();
+    assert!(
+        err.starts_with("config file /nonexistent/kubelet-guard.yaml:"),
+        "{err}"
+    );
+}
