@@ -5,17 +5,23 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::{CertsCommand, Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches are kept: `serve` lays only the flags actually given over
+    // its config file.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // One crypto provider for every TLS stack in the process, the kube
     // client's included.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
-        Command::Serve(settings) => cli::serve(*settings),
+        Command::Serve(_) => match matches.subcommand() {
+            Some(("serve", flags)) => cli::serve(flags),
+            _ => unreachable!("clap parsed the serve subcommand"),
+        },
         Command::Explain(args) => cli::explain::run(&args),
         Command::Certs {
             command:
@@ -35,7 +41,6 @@ fn main() -> ExitCode {
                     duration,
                 },
         } => cli::certs_sign(&ca_cert, &ca_key, &csr, duration.0),
-        Command::Demo { dir, listen } => cli::demo::run(&dir, listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

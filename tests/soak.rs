@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use http_body_util::BodyExt;
-use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions};
+use kubelet_guard_testkit::kubelet::{DemoKubelet, DemoKubeletOptions};
 
 use support::binary::Running;
 use support::*;

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(settings) = serde_saphyr::from_str::<Settings>(text) {
+    if let Ok(settings) = Settings::from_yaml(text) {
         let _ = settings.validate();
     }
 });

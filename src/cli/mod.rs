@@ -1,9 +1,8 @@
-//! The command line: `serve`, `explain`, `certs dev` and `demo`.
+//! The command line: `serve`, `explain`, `certs dev` and `certs sign`.
 
-pub mod demo;
 pub mod explain;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use kubelet_guard::app::Gateway;
 use kubelet_guard::certs::{self, DevCertsRequest};
-use kubelet_guard::config::{LogFormat, Settings};
+use kubelet_guard::config::Settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +28,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
+    // The parsed flags here include their defaults; `serve` reads the
+    // matches instead, to tell a flag given from a default.
     Serve(Box<Settings>),
     /// Show what the gateway would check for a request: its attributes, the
     /// SubjectAccessReviews it would send (YAML) and the RBAC that allows it.
@@ -38,16 +39,6 @@ pub enum Command {
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
-    },
-    /// Run the gateway in front of a stand-in kubelet on loopback, with
-    /// development certificates, and print curl commands to try.
-    Demo {
-        /// Where certificates and the generated config go.
-        #[arg(long, default_value = "kubelet-guard-demo")]
-        dir: PathBuf,
-        /// Where the gateway listens.
-        #[arg(long, default_value = "127.0.0.1:10443")]
-        listen: SocketAddr,
     },
 }
 
@@ -89,10 +80,11 @@ pub enum CertsCommand {
     },
 }
 
-pub fn serve(settings: Settings) -> anyhow::Result<()> {
+/// `flags`: the `serve` subcommand's matches.
+pub fn serve(flags: &clap::ArgMatches) -> anyhow::Result<()> {
     // Configuration errors go to stderr before any logging is set up.
-    let config = settings.resolve()?.validate()?;
-    init_logging(config.log_format);
+    let config = Settings::load(flags)?.validate()?;
+    kubelet_guard::logging::init(config.log_format);
     runtime()?.block_on(async {
         let gateway = Gateway::bind(config).await.context("cannot start")?;
         let shutdown = CancellationToken::new();
@@ -102,31 +94,11 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
     })
 }
 
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-/// Logs, the access log included, go to stdout: one JSON object per line, or
-/// text for people — coloured only when stdout is a terminal, so a file, a
-/// pipe or a container log gets plain text.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 pub fn certs_dev(

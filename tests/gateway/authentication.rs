@@ -69,8 +69,8 @@ async fn a_certificate_only_for_server_auth_is_401() {
 #[tokio::test]
 async fn anonymous_access_is_off_by_default_and_authorized_like_anyone_when_on() {
     let env = Env::start_with(|_, settings| {
-        settings.anonymous_auth = Some(true);
-        if let Some(authz) = settings.authorization.as_mut() {
+        settings.authn.anonymous_auth = true;
+        if let Some(authz) = settings.authz.authorization.as_mut() {
             authz
                 .static_rules
                 .push(kubelet_guard::authz::static_rules::StaticRuleSpec {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kubelet_guard::config::Settings;
-use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions};
+use kubelet_guard_testkit::kubelet::{DemoKubelet, DemoKubeletOptions};
 
 use crate::support::binary::{BINARY, Running};
 use crate::support::*;
@@ -27,13 +27,11 @@ fn serve(args: &[&str]) -> (i32, String) {
 #[test]
 fn the_documented_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kubelet-guard.yaml");
-    let settings = Settings::from_file(&path).expect("config/kubelet-guard.yaml parses");
-    let config = Settings {
-        node_name: Some("node-1".into()),
-        ..settings
-    }
-    .validate()
-    .expect("config/kubelet-guard.yaml validates");
+    let mut settings = Settings::from_file(&path).expect("config/kubelet-guard.yaml parses");
+    settings.node.node_name = Some("node-1".into());
+    let config = settings
+        .validate()
+        .expect("config/kubelet-guard.yaml validates");
     assert_eq!(config.listen, "0.0.0.0:10250".parse().unwrap());
     assert!(!config.static_rules.is_empty());
     assert_eq!(config.limits.idle_timeout, Duration::from_secs(90));

@@ -18,11 +18,11 @@ const NO_ALPN: &[&[u8]] = &[];
 
 /// Short timers so the tests run in seconds; the limits of issue 18's inputs.
 fn short_timers(settings: &mut Settings) {
-    settings.request_header_timeout = Some(GoDuration(Duration::from_secs(1)));
-    settings.idle_timeout = Some(GoDuration(Duration::from_secs(1)));
-    settings.max_request_header_bytes = Some(8192);
-    settings.http2_max_concurrent_streams = Some(7);
-    settings.http2_max_reset_streams = Some(3);
+    settings.limits.request_header_timeout = GoDuration(Duration::from_secs(1));
+    settings.limits.idle_timeout = GoDuration(Duration::from_secs(1));
+    settings.limits.max_request_header_bytes = 8192;
+    settings.limits.http2_max_concurrent_streams = 7;
+    settings.limits.http2_max_reset_streams = 3;
 }
 
 /// Reads (and discards) until the server closes the connection; how long
@@ -47,8 +47,8 @@ async fn peers_that_send_nothing_cannot_lock_the_apiserver_out() {
     // Issue 18, input 1: four TLS connections without a certificate, two
     // per ALPN, that never send a byte, against --max-connections 4.
     let env = Env::start_with(|_, s| {
-        s.max_connections = Some(4);
-        s.request_header_timeout = Some(GoDuration(Duration::from_secs(1)));
+        s.limits.max_connections = 4;
+        s.limits.request_header_timeout = GoDuration(Duration::from_secs(1));
     })
     .await;
     let mut silent = Vec::new();
@@ -85,7 +85,7 @@ async fn peers_that_send_nothing_cannot_lock_the_apiserver_out() {
 #[tokio::test]
 async fn an_http2_connection_with_no_stream_is_closed_even_while_it_pings() {
     let env =
-        Env::start_with(|_, s| s.idle_timeout = Some(GoDuration(Duration::from_secs(1)))).await;
+        Env::start_with(|_, s| s.limits.idle_timeout = GoDuration(Duration::from_secs(1))).await;
     let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &apiserver()).await;
     let started = Instant::now();
     let mut goaway = None;
@@ -124,7 +124,7 @@ async fn an_open_stream_keeps_an_http2_connection_past_the_idle_timeout() {
     // longer than --idle-timeout is not cut, and the timer starts again
     // when it ends.
     let env =
-        Env::start_with(|_, s| s.idle_timeout = Some(GoDuration(Duration::from_secs(1)))).await;
+        Env::start_with(|_, s| s.limits.idle_timeout = GoDuration(Duration::from_secs(1))).await;
     let (mut h2, _) = RawH2::connect(&env.certs, env.gateway, &apiserver()).await;
     // 40 lines of `log line N\n` (11-12 bytes), one every 50ms: ~2s of stream.
     h2.send(&h2raw::get(

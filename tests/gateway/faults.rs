@@ -90,9 +90,7 @@ async fn a_rejected_gateway_credential_is_blamed_on_the_platform_not_on_the_call
 #[tokio::test]
 async fn every_apiserver_failure_is_an_infrastructure_refusal_with_its_cause() {
     let env = Env::with_apiserver(|_, s| {
-        s.review_timeout = Some(kubelet_guard::config::GoDuration(Duration::from_millis(
-            500,
-        )))
+        s.apiserver.review_timeout = kubelet_guard::config::GoDuration(Duration::from_millis(500))
     })
     .await;
     env.api().add_token("bob-token", bob());

@@ -157,7 +157,7 @@ async fn an_http2_caller_is_forwarded_to_the_kubelet_as_http11() {
 async fn a_kubelet_that_is_down_gives_502_at_once() {
     let env = Env::start_with(|_, settings| {
         // Nothing listens on port 1.
-        settings.upstream = Some("https://127.0.0.1:1".into());
+        settings.upstream.upstream = "https://127.0.0.1:1".into();
     })
     .await;
     let started = Instant::now();
@@ -178,13 +178,13 @@ async fn a_kubelet_that_is_down_gives_502_at_once() {
 #[tokio::test]
 async fn caller_credentials_never_reach_the_kubelet_only_the_gateways_own() {
     let env = Env::start_full(
-        kubelet_guard::demo_kubelet::DemoKubeletOptions {
+        kubelet_guard_testkit::kubelet::DemoKubeletOptions {
             required_token: Some("gateway-secret".into()),
             ..Default::default()
         },
         |certs, settings| {
             std::fs::write(certs.path("upstream-token"), "gateway-secret\n").unwrap();
-            settings.upstream_token_file = Some(certs.path("upstream-token"));
+            settings.upstream.upstream_token_file = Some(certs.path("upstream-token"));
         },
     )
     .await;
@@ -253,11 +253,11 @@ async fn the_kubelet_certificate_is_verified_for_the_configured_server_name() {
         kubelet_guard::certs::LeafSpec::new("node-a", &[], kubelet_guard::certs::Usage::Server);
     spec.dns_names = vec!["node-a".into()];
     certs.issue("node-a-kubelet", &spec);
-    let kubelet = kubelet_guard::demo_kubelet::DemoKubelet::start(
+    let kubelet = kubelet_guard_testkit::kubelet::DemoKubelet::start(
         "127.0.0.1:0".parse().unwrap(),
-        kubelet_guard::demo_kubelet::DemoKubeletOptions {
+        kubelet_guard_testkit::kubelet::DemoKubeletOptions {
             tls: Some(
-                kubelet_guard::demo_kubelet::mutual_tls(
+                kubelet_guard_testkit::kubelet::mutual_tls(
                     &certs.path("node-a-kubelet.crt"),
                     &certs.path("node-a-kubelet.key"),
                     &certs.path("ca.crt"),
@@ -272,7 +272,7 @@ async fn the_kubelet_certificate_is_verified_for_the_configured_server_name() {
 
     for (server_name, expected) in [(None, 502), (Some("node-a"), 200), (Some("node-b"), 502)] {
         let mut settings = gateway_settings(&certs, kubelet.addr());
-        settings.upstream_tls_server_name = server_name.map(String::from);
+        settings.upstream.upstream_tls_server_name = server_name.map(String::from);
         let (addr, shutdown, _task) = start_gateway(settings).await;
         let mut client = Http1::connect(&certs, addr, &apiserver()).await;
         let response = client

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::Request;
 use http_body_util::BodyExt;
-use kubelet_guard::demo_kubelet::DemoKubeletOptions;
+use kubelet_guard_testkit::kubelet::DemoKubeletOptions;
 use serde_json::json;
 
 use crate::support::apiserver::TokenUser;

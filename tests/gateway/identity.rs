@@ -82,8 +82,8 @@ fn credential_id(env: &Env, name: &str) -> Value {
 fn no_caching(settings: &mut kubelet_guard::config::Settings) {
     use kubelet_guard::config::GoDuration;
     use std::time::Duration;
-    settings.authorization_webhook_cache_authorized_ttl = Some(GoDuration(Duration::ZERO));
-    settings.authorization_webhook_cache_unauthorized_ttl = Some(GoDuration(Duration::ZERO));
+    settings.authz.authorization_webhook_cache_authorized_ttl = GoDuration(Duration::ZERO);
+    settings.authz.authorization_webhook_cache_unauthorized_ttl = GoDuration(Duration::ZERO);
 }
 
 /// An openssl config naming the Kubernetes UID attribute, so `-subj` can
@@ -329,7 +329,7 @@ async fn a_websocket_protocol_token_is_reviewed_like_a_bearer_token() {
 
 #[tokio::test]
 async fn anonymous_is_reviewed_without_system_authenticated() {
-    let env = Env::with_apiserver(|_, s| s.anonymous_auth = Some(true)).await;
+    let env = Env::with_apiserver(|_, s| s.authn.anonymous_auth = true).await;
     assert_eq!(env.get(&Identity::Nobody, "/healthz").await.0, 403);
     assert_eq!(
         env.api().subject_access_reviews(),

@@ -116,8 +116,8 @@ fn serve_from_secret_dir(certs: &Certs, settings: &mut Settings) {
             ("tls.key", &read(&certs.path("serving.key"))),
         ],
     );
-    settings.tls_cert_file = Some(secret.path("tls.crt"));
-    settings.tls_private_key_file = Some(secret.path("tls.key"));
+    settings.serving.tls_cert_file = Some(secret.path("tls.crt"));
+    settings.serving.tls_private_key_file = Some(secret.path("tls.key"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,9 +131,9 @@ async fn certificates_and_ca_reload_under_load_without_a_failed_request() {
                 ("ca.crt", &read(&certs.path("ca.crt"))),
             ],
         );
-        settings.tls_cert_file = Some(secret.path("tls.crt"));
-        settings.tls_private_key_file = Some(secret.path("tls.key"));
-        settings.client_ca_file = Some(secret.path("ca.crt"));
+        settings.serving.tls_cert_file = Some(secret.path("tls.crt"));
+        settings.serving.tls_private_key_file = Some(secret.path("tls.key"));
+        settings.serving.client_ca_file = Some(secret.path("ca.crt"));
     })
     .await;
     let mut secret = SecretDir {
@@ -430,7 +430,7 @@ async fn readiness_follows_the_kubelet_and_shutdown() {
 #[tokio::test]
 async fn readiness_reports_a_kubelet_that_refuses_the_gateway() {
     let env = Env::start_full(
-        kubelet_guard::demo_kubelet::DemoKubeletOptions {
+        kubelet_guard_testkit::kubelet::DemoKubeletOptions {
             required_token: Some("the-right-token".into()),
             ..Default::default()
         },
@@ -490,7 +490,7 @@ async fn metrics_pass_promtool_and_count_what_happened() {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("promtool installed (apt-get install prometheus)");
+            .expect("promtool installed (tests/run installs it)");
         child
             .stdin
             .take()
@@ -522,9 +522,10 @@ async fn metrics_pass_promtool_and_count_what_happened() {
 
 #[tokio::test]
 async fn shutdown_finishes_an_in_flight_log_and_refuses_new_connections() {
-    let env =
-        Env::start_with(|_, s| s.shutdown_grace_period = Some(GoDuration(Duration::from_secs(10))))
-            .await;
+    let env = Env::start_with(|_, s| {
+        s.operations.shutdown_grace_period = GoDuration(Duration::from_secs(10))
+    })
+    .await;
     let mut client = env.connect(&apiserver()).await;
     // 20 lines of `log line N\n`, one every 50ms: about a second of stream.
     let response = client
@@ -570,9 +571,10 @@ async fn shutdown_finishes_an_in_flight_log_and_refuses_new_connections() {
 
 #[tokio::test]
 async fn upgraded_streams_run_for_the_grace_period_then_close() {
-    let env =
-        Env::start_with(|_, s| s.shutdown_grace_period = Some(GoDuration(Duration::from_secs(1))))
-            .await;
+    let env = Env::start_with(|_, s| {
+        s.operations.shutdown_grace_period = GoDuration(Duration::from_secs(1))
+    })
+    .await;
     let mut stream = env.raw(&apiserver()).await;
     stream
         .write(spdy_request("/attach/default/demo/app?output=1").as_bytes())
@@ -612,7 +614,7 @@ async fn upgraded_streams_run_for_the_grace_period_then_close() {
 #[tokio::test]
 async fn a_slow_request_head_is_cut_off_but_idle_connections_are_kept() {
     let env = Env::start_with(|_, s| {
-        s.request_header_timeout = Some(GoDuration(Duration::from_millis(500)))
+        s.limits.request_header_timeout = GoDuration(Duration::from_millis(500))
     })
     .await;
 
@@ -681,10 +683,10 @@ async fn a_serving_certificate_missing_the_node_ip_is_reported_at_start() {
     let env = Env::start_with(|certs, s| {
         let issued = serving_with_sans(certs, &[], &["node-a"]);
         certs.write_identity("node-a-only", &issued);
-        s.tls_cert_file = Some(certs.path("node-a-only.crt"));
-        s.tls_private_key_file = Some(certs.path("node-a-only.key"));
-        s.node_ip = Some(vec!["10.0.0.5".parse().unwrap()]);
-        s.node_hostname = Some(vec!["node-a".into()]);
+        s.serving.tls_cert_file = Some(certs.path("node-a-only.crt"));
+        s.serving.tls_private_key_file = Some(certs.path("node-a-only.key"));
+        s.node.node_ip = vec!["10.0.0.5".parse().unwrap()];
+        s.node.node_hostname = vec!["node-a".into()];
     })
     .await;
     let (status, body) = env.admin_get("/readyz", None).await;
@@ -706,8 +708,8 @@ async fn a_serving_certificate_missing_the_node_ip_is_reported_at_start() {
 async fn a_covering_serving_certificate_is_ready_and_reports_no_gap() {
     let env = Env::start_with(|_, s| {
         // The dev certificate carries IP:127.0.0.1 and DNS:localhost.
-        s.node_ip = Some(vec!["127.0.0.1".parse().unwrap()]);
-        s.node_hostname = Some(vec!["LOCALHOST".into()]);
+        s.node.node_ip = vec!["127.0.0.1".parse().unwrap()];
+        s.node.node_hostname = vec!["LOCALHOST".into()];
     })
     .await;
     let (status, body) = env.admin_get("/readyz", None).await;
@@ -734,11 +736,11 @@ async fn with_refuse_a_gap_stops_the_gateway_from_starting() {
     let issued = serving_with_sans(&certs, &[], &["node-a"]);
     certs.write_identity("node-a-only", &issued);
     let mut settings = gateway_settings(&certs, kubelet.addr());
-    settings.tls_cert_file = Some(certs.path("node-a-only.crt"));
-    settings.tls_private_key_file = Some(certs.path("node-a-only.key"));
-    settings.node_ip = Some(vec!["10.0.0.5".parse().unwrap()]);
-    settings.node_hostname = Some(vec!["node-a".into(), "node-a.example".into()]);
-    settings.serving_cert_coverage = Some(kubelet_guard::tls::coverage::CoveragePolicy::Refuse);
+    settings.serving.tls_cert_file = Some(certs.path("node-a-only.crt"));
+    settings.serving.tls_private_key_file = Some(certs.path("node-a-only.key"));
+    settings.node.node_ip = vec!["10.0.0.5".parse().unwrap()];
+    settings.node.node_hostname = vec!["node-a".into(), "node-a.example".into()];
+    settings.serving.serving_cert_coverage = kubelet_guard::tls::coverage::CoveragePolicy::Refuse;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = settings.validate().unwrap();
     let error = match kubelet_guard::app::Gateway::bind(config).await {
@@ -760,8 +762,8 @@ async fn a_reloaded_certificate_is_checked_too_and_refused_when_asked() {
     ] {
         let env = Env::start_with(|certs, settings| {
             serve_from_secret_dir(certs, settings);
-            settings.node_ip = Some(vec!["127.0.0.1".parse().unwrap()]);
-            settings.serving_cert_coverage = Some(policy);
+            settings.node.node_ip = vec!["127.0.0.1".parse().unwrap()];
+            settings.serving.serving_cert_coverage = policy;
         })
         .await;
         assert_eq!(env.admin_get("/readyz", None).await.0, 200, "{policy:?}");

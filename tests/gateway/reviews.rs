@@ -21,8 +21,8 @@ fn alice(env: &Env) -> Identity {
 }
 
 fn no_caching(settings: &mut kubelet_guard::config::Settings) {
-    settings.authorization_webhook_cache_authorized_ttl = Some(GoDuration(Duration::ZERO));
-    settings.authorization_webhook_cache_unauthorized_ttl = Some(GoDuration(Duration::ZERO));
+    settings.authz.authorization_webhook_cache_authorized_ttl = GoDuration(Duration::ZERO);
+    settings.authz.authorization_webhook_cache_unauthorized_ttl = GoDuration(Duration::ZERO);
 }
 
 /// The review body the kubelet's webhook authorizer sends for alice's
@@ -143,7 +143,7 @@ async fn strict_and_kubelet_modes_ask_for_different_verbs_on_a_websocket_exec() 
             "get",
         ),
     ] {
-        let env = Env::with_apiserver(|_, s| s.streaming_authz = Some(mode)).await;
+        let env = Env::with_apiserver(|_, s| s.authz.streaming_authz = mode).await;
         env.api().set_policy(|_| true);
         let mut raw = env.raw(&alice(&env)).await;
         raw.write(websocket_request("/exec/default/demo/app?command=id").as_bytes())
@@ -194,9 +194,9 @@ async fn decisions_are_cached_by_what_is_asked_not_by_url() {
 #[tokio::test]
 async fn cached_decisions_expire_and_denials_sooner() {
     let env = Env::with_apiserver(|_, s| {
-        s.authorization_webhook_cache_authorized_ttl = Some(GoDuration(Duration::from_secs(3)));
-        s.authorization_webhook_cache_unauthorized_ttl =
-            Some(GoDuration(Duration::from_millis(300)));
+        s.authz.authorization_webhook_cache_authorized_ttl = GoDuration(Duration::from_secs(3));
+        s.authz.authorization_webhook_cache_unauthorized_ttl =
+            GoDuration(Duration::from_millis(300));
     })
     .await;
     env.api().set_policy(|ask| ask.subresource == "metrics");
@@ -309,7 +309,7 @@ async fn a_bearer_token_is_reviewed_cached_and_never_forwarded() {
 #[tokio::test]
 async fn token_audiences_are_checked() {
     let env =
-        Env::with_apiserver(|_, s| s.auth_token_audiences = Some(vec!["kubelet-guard".into()]))
+        Env::with_apiserver(|_, s| s.authn.auth_token_audiences = vec!["kubelet-guard".into()])
             .await;
     env.api().add_token("bob-token", bob());
     env.api().add_token(
@@ -392,9 +392,10 @@ async fn an_unreachable_apiserver_fails_closed_but_cached_allows_keep_serving() 
 
 #[tokio::test]
 async fn a_slow_or_broken_apiserver_fails_closed_within_the_review_timeout() {
-    let env =
-        Env::with_apiserver(|_, s| s.review_timeout = Some(GoDuration(Duration::from_millis(500))))
-            .await;
+    let env = Env::with_apiserver(|_, s| {
+        s.apiserver.review_timeout = GoDuration(Duration::from_millis(500))
+    })
+    .await;
     env.api().set_policy(|_| true);
     let who = alice(&env);
     for (behaviour, target) in [
@@ -423,7 +424,7 @@ async fn a_slow_or_broken_apiserver_fails_closed_within_the_review_timeout() {
 
 #[tokio::test]
 async fn anonymous_requests_are_reviewed_as_system_anonymous_when_enabled() {
-    let env = Env::with_apiserver(|_, s| s.anonymous_auth = Some(true)).await;
+    let env = Env::with_apiserver(|_, s| s.authn.anonymous_auth = true).await;
     env.api()
         .set_policy(|ask| ask.user == "system:anonymous" && ask.subresource == "healthz");
     assert_eq!(env.get(&Identity::Nobody, "/healthz").await.0, 200);

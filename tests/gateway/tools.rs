@@ -139,7 +139,7 @@ async fn only_tls12_and_tls13_with_aead_suites_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_version_and_cipher_suites_are_honoured() {
     let tls13 =
-        Env::start_with(|_, s| s.tls_min_version = Some(kubelet_guard::tls::TlsVersion::Tls13))
+        Env::start_with(|_, s| s.serving.tls_min_version = kubelet_guard::tls::TlsVersion::Tls13)
             .await;
     let (port, ca) = (tls13.gateway.port(), tls13.certs.path("ca.crt"));
     assert!(tokio::task::block_in_place(|| openssl_handshake(
@@ -154,7 +154,7 @@ async fn min_version_and_cipher_suites_are_honoured() {
     )));
 
     let narrow = Env::start_with(|_, s| {
-        s.tls_cipher_suites = Some(vec!["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".into()])
+        s.serving.tls_cipher_suites = vec!["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".into()]
     })
     .await;
     let (port, ca) = (narrow.gateway.port(), narrow.certs.path("ca.crt"));

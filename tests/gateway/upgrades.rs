@@ -138,7 +138,7 @@ async fn strict_mode_refuses_a_websocket_exec_to_a_get_only_identity() {
 #[tokio::test]
 async fn kubelet_mode_lets_a_get_only_identity_exec_over_websocket_as_the_kubelet_would() {
     let env = Env::start_with(|_, settings| {
-        settings.streaming_authz = Some(kubelet_guard::authz::attributes::StreamingAuthz::Kubelet);
+        settings.authz.streaming_authz = kubelet_guard::authz::attributes::StreamingAuthz::Kubelet;
     })
     .await;
     let mut raw = env.raw(&monitoring()).await;
@@ -157,7 +157,7 @@ async fn kubelet_mode_lets_a_get_only_identity_exec_over_websocket_as_the_kubele
 async fn behind_scripted_kubelet(answer: &str) -> (Env, scripted::ScriptedKubelet) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let env = Env::start_with(move |_, s| s.upstream = Some(format!("https://{addr}"))).await;
+    let env = Env::start_with(move |_, s| s.upstream.upstream = format!("https://{addr}")).await;
     let kubelet = scripted::ScriptedKubelet::start(&env.certs, listener, answer.as_bytes().into());
     (env, kubelet)
 }

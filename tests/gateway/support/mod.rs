@@ -1,16 +1,15 @@
-//! Shared fixtures: development certificates in a temp dir, the stand-in
-//! kubelet behind mutual TLS, a gateway in front of it, and clients that
-//! speak real TLS (hyper for well-formed requests, raw bytes for the rest).
+//! Shared fixtures: the test kit's stand-ins (kubelet, scripted kubelet,
+//! fake apiserver, development certificates) wired to a gateway, and
+//! clients that speak real TLS (hyper for well-formed requests, raw bytes
+//! for the rest).
 
 #![allow(dead_code)]
 
-pub mod apiserver;
 pub mod binary;
 pub mod h2raw;
-pub mod scripted;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -30,145 +28,16 @@ use tokio_util::sync::CancellationToken;
 
 use kubelet_guard::app::Gateway;
 use kubelet_guard::authz::static_rules::StaticRuleSpec;
-use kubelet_guard::certs::{self, Authority, DevCertsRequest, Issued, LeafSpec};
+use kubelet_guard::certs;
 use kubelet_guard::config::{AuthorizationMode, AuthorizationSettings, GoDuration, Settings};
-use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions, Recorded, mutual_tls};
+use kubelet_guard_testkit::kubelet::{DemoKubelet, DemoKubeletOptions, Recorded, mutual_tls};
 
-pub const NODE: &str = "test-node";
-
-/// Development certificates, written once per test into a temp dir.
-pub struct Certs {
-    dir: TempDir,
-}
-
-impl Certs {
-    pub fn new() -> Certs {
-        let dir = tempfile::tempdir().expect("temp dir");
-        certs::write_dev_certs(
-            dir.path(),
-            &DevCertsRequest {
-                node_name: NODE.into(),
-                ips: vec!["127.0.0.1".parse().unwrap()],
-                dns_names: vec!["localhost".into()],
-            },
-        )
-        .expect("dev certs");
-        Certs { dir }
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The development CA, to issue certificates the dev set lacks.
-    pub fn authority(&self) -> Authority {
-        let read = |n| std::fs::read_to_string(self.path(n)).unwrap();
-        Authority::from_pem(&read("ca.crt"), &read("ca.key")).unwrap()
-    }
-
-    /// Issues `spec` from the dev CA and writes it as `<name>.crt/.key`.
-    pub fn issue(&self, name: &str, spec: &LeafSpec) -> Identity {
-        let issued = self.authority().issue(spec).unwrap();
-        self.write_identity(name, &issued)
-    }
-
-    /// Issues a client certificate from the dev CA with the real `openssl`,
-    /// for subjects rcgen cannot write (several O values, odd string types).
-    /// `subject` is openssl's `-subj` form: `/CN=alice/O=team-a/O=team-b`.
-    pub fn issue_with_openssl(&self, name: &str, subject: &str, extra_args: &[&str]) -> Identity {
-        let key = self.path(&format!("{name}.key"));
-        let csr = self.path(&format!("{name}.csr"));
-        let crt = self.path(&format!("{name}.crt"));
-        let ext = self.path(&format!("{name}.ext"));
-        std::fs::write(
-            &ext,
-            "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
-        )
-        .unwrap();
-        let (key_s, csr_s, crt_s, ext_s) = (
-            key.to_str().unwrap(),
-            csr.to_str().unwrap(),
-            crt.to_str().unwrap(),
-            ext.to_str().unwrap(),
-        );
-        let mut req = vec![
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key_s,
-            "-out",
-            csr_s,
-            "-subj",
-            subject,
-        ];
-        req.extend_from_slice(extra_args);
-        let out = run_tool("openssl", &req);
-        assert!(
-            out.status.success(),
-            "openssl req: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ca = self.path("ca.crt");
-        let ca_key = self.path("ca.key");
-        let out = run_tool(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                csr_s,
-                "-CA",
-                ca.to_str().unwrap(),
-                "-CAkey",
-                ca_key.to_str().unwrap(),
-                "-days",
-                "2",
-                "-out",
-                crt_s,
-                "-extfile",
-                ext_s,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "openssl x509: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Identity::Named(name.to_owned())
-    }
-
-    pub fn write_identity(&self, name: &str, issued: &Issued) -> Identity {
-        std::fs::write(self.path(&format!("{name}.crt")), &issued.cert_pem).unwrap();
-        std::fs::write(self.path(&format!("{name}.key")), &issued.key_pem).unwrap();
-        Identity::Named(name.to_owned())
-    }
-}
-
-/// Who a test client is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// No client certificate.
-    Nobody,
-    /// `<name>.crt` / `<name>.key` in the cert dir.
-    Named(String),
-}
-
-pub fn apiserver() -> Identity {
-    Identity::Named("apiserver-client".into())
-}
-
-pub fn monitoring() -> Identity {
-    Identity::Named("monitoring".into())
-}
+// The test kit's fixtures, under the names the tests use. Each test binary
+// (gateway, soak) uses a different part of them.
+#[allow(unused_imports)]
+pub use kubelet_guard_testkit::certs::{Certs, Identity, NODE, apiserver, monitoring, run_tool};
+#[allow(unused_imports)]
+pub use kubelet_guard_testkit::{apiserver, scripted};
 
 /// The static rules the tests run with: the apiserver may do anything;
 /// monitoring may `get` metrics, stats and proxy.
@@ -247,10 +116,11 @@ impl Env {
         let mut settings = gateway_settings(&certs, kubelet.addr());
         let apiserver = if with_apiserver {
             let api = apiserver::FakeApiserver::start(&certs).await;
-            settings.kubeconfig = Some(api.write_kubeconfig(&certs, "gateway-sa-token-1"));
-            settings.authorization_mode = Some(AuthorizationMode::Webhook);
-            settings.authentication_token_webhook = Some(true);
-            settings.authorization = None;
+            settings.apiserver.kubeconfig =
+                Some(api.write_kubeconfig(&certs, "gateway-sa-token-1"));
+            settings.authz.authorization_mode = AuthorizationMode::Webhook;
+            settings.authn.authentication_token_webhook = true;
+            settings.authz.authorization = None;
             Some(api)
         } else {
             None
@@ -366,26 +236,25 @@ pub async fn start_tls_kubelet(
 }
 
 pub fn gateway_settings(certs: &Certs, kubelet: SocketAddr) -> Settings {
-    Settings {
-        node_name: Some(NODE.into()),
-        secure_listen_address: Some("127.0.0.1:0".parse().unwrap()),
-        admin_listen_address: Some("127.0.0.1:0".parse().unwrap()),
-        shutdown_grace_period: Some(GoDuration(Duration::from_secs(2))),
-        tls_cert_file: Some(certs.path("serving.crt")),
-        tls_private_key_file: Some(certs.path("serving.key")),
-        client_ca_file: Some(certs.path("ca.crt")),
-        upstream: Some(format!("https://{kubelet}")),
-        upstream_ca_file: Some(certs.path("ca.crt")),
-        upstream_client_cert_file: Some(certs.path("gateway-client.crt")),
-        upstream_client_key_file: Some(certs.path("gateway-client.key")),
-        authorization: Some(AuthorizationSettings {
-            static_rules: default_rules(),
-        }),
-        // No apiserver unless a test starts one (see `apiserver.rs`).
-        authorization_mode: Some(AuthorizationMode::Static),
-        authentication_token_webhook: Some(false),
-        ..Settings::default()
-    }
+    let mut s = Settings::default();
+    s.node.node_name = Some(NODE.into());
+    s.serving.secure_listen_address = "127.0.0.1:0".parse().unwrap();
+    s.operations.admin_listen_address = "127.0.0.1:0".parse().unwrap();
+    s.operations.shutdown_grace_period = GoDuration(Duration::from_secs(2));
+    s.serving.tls_cert_file = Some(certs.path("serving.crt"));
+    s.serving.tls_private_key_file = Some(certs.path("serving.key"));
+    s.serving.client_ca_file = Some(certs.path("ca.crt"));
+    s.upstream.upstream = format!("https://{kubelet}");
+    s.upstream.upstream_ca_file = Some(certs.path("ca.crt"));
+    s.upstream.upstream_client_cert_file = Some(certs.path("gateway-client.crt"));
+    s.upstream.upstream_client_key_file = Some(certs.path("gateway-client.key"));
+    s.authz.authorization = Some(AuthorizationSettings {
+        static_rules: default_rules(),
+    });
+    // No apiserver unless a test starts one (see `apiserver.rs`).
+    s.authz.authorization_mode = AuthorizationMode::Static;
+    s.authn.authentication_token_webhook = false;
+    s
 }
 
 pub async fn start_gateway(
@@ -628,13 +497,4 @@ pub fn websocket_request(target: &str) -> String {
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Protocol: v4.channel.k8s.io, base64.channel.k8s.io\r\n\r\n"
     )
-}
-
-/// Runs a real command-line tool; fails the test with a clear message when
-/// it is missing (`.ci/run` installs curl and openssl).
-pub fn run_tool(tool: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}): install it (apt-get install {tool})"))
 }

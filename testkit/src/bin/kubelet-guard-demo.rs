@@ -1,24 +1,45 @@
-//! `kubelet-guard demo`: development certificates, a stand-in kubelet on
-//! loopback, and the gateway in front of it with static rules — then
-//! ready-to-paste `curl` commands that show each decision.
+//! The demo (`cargo demo`): development certificates, a stand-in kubelet
+//! on loopback, and the gateway in front of it with static rules — then
+//! ready-to-paste `curl` commands that show each decision. It lives in the
+//! test kit because the stand-in kubelet does.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use kubelet_guard::app::Gateway;
 use kubelet_guard::certs::{self, DevCertsRequest};
 use kubelet_guard::config::{LogFormat, Settings};
-use kubelet_guard::demo_kubelet::{DemoKubelet, DemoKubeletOptions, mutual_tls};
+use kubelet_guard_testkit::kubelet::{DemoKubelet, DemoKubeletOptions, mutual_tls};
 
-pub const NODE_NAME: &str = "demo-node";
+const NODE_NAME: &str = "demo-node";
 
-/// Makes everything under `dir`, serves on `listen` until Ctrl-C.
-pub fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
-    super::init_logging(LogFormat::Text);
-    super::runtime()?.block_on(serve(dir, listen))
+/// Run the gateway in front of a stand-in kubelet on loopback, with
+/// development certificates, and print curl commands to try.
+#[derive(Debug, Parser)]
+#[command(name = "kubelet-guard-demo")]
+struct Demo {
+    /// Where certificates and the generated config go.
+    #[arg(long, default_value = "kubelet-guard-demo")]
+    dir: PathBuf,
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:10443")]
+    listen: SocketAddr,
+}
+
+/// Makes everything under `--dir`, serves on `--listen` until Ctrl-C.
+fn main() -> anyhow::Result<()> {
+    let demo = Demo::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    kubelet_guard::logging::init(LogFormat::Text);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(&demo.dir, demo.listen))
 }
 
 async fn serve(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
@@ -75,7 +96,7 @@ async fn serve(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
 fn demo_config(dir: &Path, listen: SocketAddr, kubelet: SocketAddr) -> String {
     let d = dir.display();
     format!(
-        "# Written by `kubelet-guard demo`.
+        "# Written by the kubelet-guard demo (`cargo demo`).
 nodeName: {NODE_NAME}
 secureListenAddress: {listen}
 tlsCertFile: {d}/serving.crt

@@ -22,9 +22,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use kubelet_guard::tls::{ServingFiles, TlsOptions, TlsState, crypto_provider};
-
-use super::Certs;
+use crate::certs::Certs;
 
 /// What a SubjectAccessReview asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,17 +77,11 @@ impl FakeApiserver {
     /// Serves with the dev `kubelet.crt` (127.0.0.1) and allows nothing
     /// until a policy is set.
     pub async fn start(certs: &Certs) -> FakeApiserver {
-        let provider = crypto_provider(&TlsOptions::default()).unwrap();
-        let tls = TlsState::load(
-            &ServingFiles {
-                cert: certs.path("kubelet.crt"),
-                key: certs.path("kubelet.key"),
-                client_ca: None,
-            },
-            &TlsOptions::default(),
-            &provider,
-        )
-        .unwrap();
+        let mut tls =
+            crate::tls::server_config(&certs.path("kubelet.crt"), &certs.path("kubelet.key"), None)
+                .unwrap();
+        // As the apiserver: HTTP/2 for clients that offer it.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -103,7 +95,7 @@ impl FakeApiserver {
         let stop = CancellationToken::new();
         tokio::spawn(serve(
             listener,
-            TlsAcceptor::from(tls.server_config),
+            TlsAcceptor::from(std::sync::Arc::new(tls)),
             state.clone(),
             stop.clone(),
         ));

@@ -21,16 +21,39 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rustls::server::WebPkiClientVerifier;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{self, Body};
-use crate::proxy::headers::requested_upgrade;
-use crate::tls::{TlsError, TlsOptions, crypto_provider, load_certificates, load_private_key};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+
+/// Every answer's body: fixed text, a request body echoed back, or a log fed
+/// line by line.
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+mod body {
+    use super::*;
+
+    pub fn text(s: String) -> Body {
+        Full::new(Bytes::from(s))
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    pub fn empty() -> Body {
+        Empty::new().map_err(|never| match never {}).boxed()
+    }
+
+    pub fn boxed<B>(body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        body.map_err(Into::into).boxed()
+    }
+}
 
 /// Pods this kubelet runs: (namespace, name, containers).
 pub const PODS: &[(&str, &str, &[&str])] = &[
@@ -67,23 +90,22 @@ pub fn mutual_tls(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = crypto_provider(&TlsOptions::default())?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in load_certificates(client_ca)? {
-        roots.add(ca)?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::BadCertificate {
-            path: client_ca.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certificates(cert)?, load_private_key(key)?)?;
-    Ok(Arc::new(config))
+) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    crate::tls::server_config(cert, key, Some(client_ca)).map(Arc::new)
+}
+
+/// The protocol a request asks to switch to: `Connection` names `upgrade`
+/// and `Upgrade` is present (Go's `httpstream.IsUpgradeRequest`, which the
+/// kubelet's streaming server uses).
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let upgrade = headers.get(header::UPGRADE)?;
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| upgrade.clone())
 }
 
 impl Default for DemoKubeletOptions {

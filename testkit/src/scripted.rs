@@ -14,9 +14,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use kubelet_guard::demo_kubelet::mutual_tls;
-
-use super::Certs;
+use crate::certs::Certs;
+use crate::kubelet::mutual_tls;
 
 /// What happened on one kubelet connection.
 #[derive(Debug, Clone, Default)]
