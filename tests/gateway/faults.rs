@@ -286,7 +286,7 @@ async fn a_kubelet_failure_is_counted_by_its_cause() {
 
     // Nothing listens on port 1: the TCP connection is refused.
     let down = Env::start_with(|_, settings| {
-        settings.upstream = Some("https://127.0.0.1:1".into());
+        settings.upstream.upstream = "https://127.0.0.1:1".into();
     })
     .await;
     assert_eq!(down.get(&apiserver(), "/pods").await.0, 502);
@@ -296,7 +296,7 @@ async fn a_kubelet_failure_is_counted_by_its_cause() {
 
     // The kubelet's certificate is verified for a name it does not carry.
     let misnamed = Env::start_with(|_, settings| {
-        settings.upstream_tls_server_name = Some("node-b".into());
+        settings.upstream.upstream_tls_server_name = Some("node-b".into());
     })
     .await;
     assert_eq!(misnamed.get(&apiserver(), "/pods").await.0, 502);

@@ -378,7 +378,7 @@ async fn a_rotated_upstream_ca_is_picked_up_and_a_broken_one_keeps_the_last_good
     let env = Env::start_with(|certs, settings| {
         let path = certs.path("upstream-ca.crt");
         std::fs::write(&path, wrong.cert_pem()).unwrap();
-        settings.upstream_ca_file = Some(path);
+        settings.upstream.upstream_ca_file = Some(path);
     })
     .await;
     let upstream_ca = env.certs.path("upstream-ca.crt");
