@@ -25,6 +25,7 @@ use crate::config::Serving;
 use crate::csr::CsrIssuer;
 use crate::fault::{self, FailureReporter};
 use crate::metrics::Metrics;
+use crate::metrics_endpoint::{self, MetricsEndpoint};
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
 use crate::server::Server;
@@ -65,6 +66,8 @@ pub struct Gateway {
     admin: Arc<Admin>,
     admin_listener: TcpListener,
     admin_addr: SocketAddr,
+    /// The secure metrics listener, when --metrics-listen-address is set.
+    metrics_endpoint: Option<(Arc<MetricsEndpoint>, TcpListener, SocketAddr)>,
     materials: Vec<Material>,
     metrics: Arc<Metrics>,
     /// With --serving-cert-source=csr: requests and renews the certificate.
@@ -158,7 +161,7 @@ impl Gateway {
         }
 
         // Authentication and authorization, with the apiserver if configured.
-        let (tokens, webhook) = match &config.apiserver {
+        let (tokens, webhook, metrics_authz) = match &config.apiserver {
             Some(apiserver) => {
                 let client = apiserver::client(apiserver.kubeconfig.as_deref()).await?;
                 let failures = Arc::new(FailureReporter::new(metrics.clone(), fault::WARN_EVERY));
@@ -186,12 +189,29 @@ impl Gateway {
                         DECISION_CACHE_ENTRIES,
                     ),
                 });
-                (tokens, webhook)
+                // The secure metrics listener asks with the same reviewer and TTLs.
+                let metrics_authz =
+                    webhook
+                        .as_ref()
+                        .zip(apiserver.authorization.as_ref())
+                        .map(|(w, a)| metrics_endpoint::Authorization {
+                            reviewer: w.reviewer.clone(),
+                            authorized_ttl: a.authorized_ttl,
+                            unauthorized_ttl: a.unauthorized_ttl,
+                        });
+                (tokens, webhook, metrics_authz)
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let authenticator = Authenticator::new(tls_state.clone(), tokens, config.anonymous_auth);
         let authorizer = Authorizer::new(config.static_rules.clone(), webhook);
+        let metrics_endpoint = match (config.metrics_listen, metrics_authz) {
+            (Some(addr), Some(authz)) => Some(
+                bind_metrics_endpoint(addr, &config, &tls_state, &authenticator, authz, &metrics)
+                    .await?,
+            ),
+            _ => None,
+        };
 
         // Forwarding: the gateway's own credentials for the kubelet, reloaded.
         if config.upstream_tls.insecure_skip_verify {
@@ -286,6 +306,7 @@ impl Gateway {
             admin,
             admin_listener,
             admin_addr,
+            metrics_endpoint,
             materials,
             metrics,
             csr,
@@ -302,9 +323,15 @@ impl Gateway {
         self.admin_addr
     }
 
+    /// The secure metrics listener's address, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|(_, _, addr)| *addr)
+    }
+
     /// Serves until `shutdown` is cancelled, then drains for the grace period.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(address = %self.local_addr, admin = %self.admin_addr, "serving");
+        let metrics = self.metrics_addr().map(|a| a.to_string());
+        tracing::info!(address = %self.local_addr, admin = %self.admin_addr, metrics = metrics.as_deref().unwrap_or("off"), "serving");
         let stop = CancellationToken::new();
         let reloader = tokio::spawn(reload::watch(
             self.materials,
@@ -313,6 +340,9 @@ impl Gateway {
             stop.clone(),
         ));
         let admin = tokio::spawn(self.admin.serve(self.admin_listener, stop.clone()));
+        let metrics_endpoint = self
+            .metrics_endpoint
+            .map(|(endpoint, listener, _)| tokio::spawn(endpoint.serve(listener, stop.clone())));
         let csr = self
             .csr
             .map(|issuer| tokio::spawn(issuer.run(stop.clone())));
@@ -329,10 +359,39 @@ impl Gateway {
         stop.cancel();
         let _ = reloader.await;
         let _ = admin.await;
+        if let Some(task) = metrics_endpoint {
+            let _ = task.await;
+        }
         if let Some(csr) = csr {
             let _ = csr.await;
         }
     }
+}
+
+async fn bind_metrics_endpoint(
+    addr: SocketAddr,
+    config: &Config,
+    tls: &watch::Receiver<Option<Arc<tls::TlsState>>>,
+    authenticator: &Authenticator,
+    authz: metrics_endpoint::Authorization,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<MetricsEndpoint>, TcpListener, SocketAddr), StartError> {
+    let listener = bind(addr).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let timeouts = metrics_endpoint::Timeouts {
+        handshake: config.limits.tls_handshake_timeout,
+        request_header: config.limits.request_header_timeout,
+    };
+    let endpoint = MetricsEndpoint::new(
+        tls.clone(),
+        authenticator.clone(),
+        authz,
+        metrics.clone(),
+        timeouts,
+    );
+    Ok((Arc::new(endpoint), listener, local))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -70,6 +70,44 @@ pub enum ServingCertSource {
     Csr,
 }
 
+// --- secure metrics listener ---
+/// A listener that can be switched off: `IP:PORT`, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenSetting {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for ListenSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(ListenSetting::Off);
+        }
+        s.parse()
+            .map(ListenSetting::At)
+            .map_err(|_| format!("{s:?} is neither IP:PORT nor off"))
+    }
+}
+
+impl Serialize for ListenSetting {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ListenSetting::Off => serializer.serialize_str("off"),
+            ListenSetting::At(addr) => serializer.collect_str(addr),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+// --- end secure metrics listener ---
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -286,6 +324,15 @@ pub struct Settings {
     #[serde(default)]
     pub admin_listen_address: Option<SocketAddr>,
 
+    // --- secure metrics listener (metrics_endpoint) ---
+    /// TLS listener for `/metrics` with the gateway's serving certificate,
+    /// authentication and a SubjectAccessReview for the non-resource
+    /// `get /metrics` (needs --authorization-mode=Webhook); `off` to disable
+    /// [default: off; the manifests use 0.0.0.0:10262].
+    #[arg(long, value_name = "IP:PORT|off")]
+    #[serde(default)]
+    pub metrics_listen_address: Option<ListenSetting>,
+    // --- end secure metrics listener ---
     /// json or text [default: json].
     #[arg(long, value_name = "FORMAT")]
     #[serde(default)]
@@ -373,6 +420,10 @@ pub struct Config {
     /// The apiserver, when anything needs it.
     pub apiserver: Option<ApiserverConfig>,
     pub admin_listen: SocketAddr,
+    // --- secure metrics listener ---
+    /// `None`: no secure metrics listener. Authorized with the webhook's
+    /// SubjectAccessReviews and decision TTLs (validation ensures there is one).
+    pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub shutdown_grace_period: Duration,
     pub limits: Limits,
@@ -523,6 +574,8 @@ impl Settings {
                 .or(self.authorization_webhook_cache_unauthorized_ttl),
             review_timeout: flags.review_timeout.or(self.review_timeout),
             admin_listen_address: flags.admin_listen_address.or(self.admin_listen_address),
+            // --- secure metrics listener ---
+            metrics_listen_address: flags.metrics_listen_address.or(self.metrics_listen_address),
             log_format: flags.log_format.or(self.log_format),
             shutdown_grace_period: flags.shutdown_grace_period.or(self.shutdown_grace_period),
             tls_handshake_timeout: flags.tls_handshake_timeout.or(self.tls_handshake_timeout),
@@ -712,6 +765,22 @@ impl Settings {
                 "must be more than 0s",
             ));
         }
+        // --- secure metrics listener ---
+        let metrics_listen = match self.metrics_listen_address {
+            Some(ListenSetting::At(addr)) if authorization.is_none() => {
+                return Err(invalid(
+                    "metrics-listen-address",
+                    "metricsListenAddress",
+                    format!(
+                        "{addr} needs --authorization-mode=Webhook: /metrics is authorized \
+                         with a SubjectAccessReview (or set it to off)"
+                    ),
+                ));
+            }
+            Some(ListenSetting::At(addr)) => Some(addr),
+            Some(ListenSetting::Off) | None => None,
+        };
+        // --- end secure metrics listener ---
         let apiserver = (authorization.is_some() || token_authentication.is_some()).then_some(
             ApiserverConfig {
                 kubeconfig: self.kubeconfig,
@@ -749,6 +818,7 @@ impl Settings {
             admin_listen: self
                 .admin_listen_address
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 10251))),
+            metrics_listen,
             log_format: self.log_format.unwrap_or_default(),
             shutdown_grace_period: self
                 .shutdown_grace_period
@@ -1162,5 +1232,37 @@ mod tests {
         std::fs::write(&path, "nodeName: node-a\ntlsCertFil: /typo\n").unwrap();
         let err = Settings::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("tlsCertFil"), "{err}");
+    }
+
+    // --- secure metrics listener ---
+    #[test]
+    fn the_metrics_listener_is_off_unless_set_and_needs_the_webhook() {
+        assert_eq!(minimal().validate().unwrap().metrics_listen, None);
+        let at = |value: &str| Settings {
+            metrics_listen_address: Some(value.parse().unwrap()),
+            ..minimal()
+        };
+        assert_eq!(
+            at("0.0.0.0:10262").validate().unwrap().metrics_listen,
+            Some("0.0.0.0:10262".parse().unwrap())
+        );
+        assert_eq!(at("off").validate().unwrap().metrics_listen, None);
+        let got = error_of(Settings {
+            authorization_mode: Some(AuthorizationMode::Static),
+            ..at("127.0.0.1:10262")
+        });
+        assert!(
+            got.contains("--metrics-listen-address (metricsListenAddress in the config file)")
+                && got.contains("--authorization-mode=Webhook"),
+            "{got}"
+        );
+        assert!(
+            "10262"
+                .parse::<ListenSetting>()
+                .unwrap_err()
+                .contains("neither IP:PORT nor off")
+        );
+        let file: Settings = serde_saphyr::from_str("metricsListenAddress: off\n").unwrap();
+        assert_eq!(file.metrics_listen_address, Some(ListenSetting::Off));
     }
 }

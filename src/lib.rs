@@ -21,6 +21,7 @@ pub mod csr;
 pub mod demo_kubelet;
 pub mod fault;
 pub mod metrics;
+pub mod metrics_endpoint;
 pub mod pipeline;
 pub mod proxy;
 pub mod reject;

@@ -96,6 +96,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScrapeLabels {
+    /// The status of the answer on the secure metrics listener.
+    pub code: u16,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -114,6 +120,7 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     pub certificate_rotations: Counter,
     pub csr_failures: Family<ReasonLabels, Counter>,
+    pub scrapes: Family<ScrapeLabels, Counter>,
 }
 
 /// 0.5ms … ~4s: reviews and kubelet answers on loopback are fast; slow
@@ -148,6 +155,7 @@ impl Metrics {
             reloads: Family::default(),
             certificate_rotations: Counter::default(),
             csr_failures: Family::default(),
+            scrapes: Family::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -232,6 +240,11 @@ impl Metrics {
             "csr_failures",
             "CertificateSigningRequests that did not yield a certificate, by reason",
             metrics.csr_failures.clone(),
+        );
+        r.register(
+            "metrics_scrapes",
+            "Requests to the secure metrics listener, by status code",
+            metrics.scrapes.clone(),
         );
         metrics
     }
