@@ -139,6 +139,7 @@ impl Admin {
 
     async fn readiness(&self) -> Result<(), String> {
         if self.shutting_down.is_cancelled() {
+            self.metrics.ready.set(0);
             return Err("shutting down".into());
         }
         if let Some((at, answer)) = self
@@ -151,6 +152,7 @@ impl Admin {
             return answer.clone();
         }
         let answer = self.check().await;
+        self.metrics.ready.set(i64::from(answer.is_ok()));
         *self
             .last_readiness
             .lock()

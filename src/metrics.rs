@@ -121,6 +121,9 @@ pub struct Metrics {
     pub certificate_rotations: Counter,
     pub csr_failures: Family<ReasonLabels, Counter>,
     pub scrapes: Family<ScrapeLabels, Counter>,
+    /// 1 when the last `/readyz` answer was ready, else 0 (0 until the
+    /// first probe).
+    pub ready: Gauge,
 }
 
 /// 0.5ms … ~4s: reviews and kubelet answers on loopback are fast; slow
@@ -156,6 +159,7 @@ impl Metrics {
             certificate_rotations: Counter::default(),
             csr_failures: Family::default(),
             scrapes: Family::default(),
+            ready: Gauge::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -245,6 +249,11 @@ impl Metrics {
             "metrics_scrapes",
             "Requests to the secure metrics listener, by status code",
             metrics.scrapes.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when the last /readyz answer was ready (certificate usable, kubelet answering), else 0",
+            metrics.ready.clone(),
         );
         metrics
     }

@@ -364,6 +364,8 @@ async fn readiness_follows_the_kubelet_and_shutdown() {
         (200, "ok\n".to_owned())
     );
     assert_eq!(env.admin_get("/livez", None).await.0, 200);
+    let (_, metrics) = env.admin_get("/metrics", None).await;
+    assert!(metrics.contains("kubelet_guard_ready 1\n"), "{metrics}");
 
     env.kubelet.stop();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
@@ -375,6 +377,9 @@ async fn readiness_follows_the_kubelet_and_shutdown() {
         200,
         "alive, just not ready"
     );
+    // What the KubeletGuardNotReady alert reads.
+    let (_, metrics) = env.admin_get("/metrics", None).await;
+    assert!(metrics.contains("kubelet_guard_ready 0\n"), "{metrics}");
 }
 
 #[tokio::test]
