@@ -6,6 +6,8 @@
 //!   node's addresses (`tls::coverage`), the kubelet
 //!   answers its `/healthz` to the gateway's credentials, and the gateway is
 //!   not shutting down. 503 with the reasons otherwise.
+//!   The same check runs every few seconds on its own and sets
+//!   `kubelet_guard_ready`, which the alerting rules read.
 //! - `/metrics`: OpenMetrics text when the scraper asks for it (Prometheus
 //!   does), the classic Prometheus text format otherwise.
 
@@ -32,6 +34,10 @@ use crate::tls::coverage::ServingCoverage;
 /// How long a readiness answer is reused, so probes cannot hammer the kubelet.
 const READINESS_CACHE: Duration = Duration::from_secs(1);
 const KUBELET_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often readiness is checked without being asked, so that
+/// `kubelet_guard_ready` follows a kubelet that is down: a stopped kubelet
+/// sends no readiness probes.
+const READINESS_REFRESH: Duration = Duration::from_secs(5);
 
 pub struct Admin {
     metrics: Arc<Metrics>,
@@ -67,6 +73,7 @@ impl Admin {
 
     /// Serves until `stop` is cancelled.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        tokio::spawn(self.clone().refresh_readiness(stop.clone()));
         loop {
             let stream = tokio::select! {
                 () = stop.cancelled() => return,
@@ -134,6 +141,17 @@ impl Admin {
                 }
             }
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        }
+    }
+
+    /// Keeps `kubelet_guard_ready` current until `stop` is cancelled.
+    async fn refresh_readiness(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let _ = self.readiness().await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(READINESS_REFRESH) => {}
+            }
         }
     }
 

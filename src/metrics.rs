@@ -121,8 +121,8 @@ pub struct Metrics {
     pub certificate_rotations: Counter,
     pub csr_failures: Family<ReasonLabels, Counter>,
     pub scrapes: Family<ScrapeLabels, Counter>,
-    /// 1 when the last `/readyz` answer was ready, else 0 (0 until the
-    /// first probe).
+    /// 1 when the last readiness check passed, else 0 (checked on every
+    /// `/readyz` and every few seconds on its own).
     pub ready: Gauge,
 }
 
@@ -252,7 +252,7 @@ impl Metrics {
         );
         r.register(
             "ready",
-            "1 when the last /readyz answer was ready (certificate usable, kubelet answering), else 0",
+            "1 when the last readiness check (/readyz) passed: certificate usable, kubelet answering; else 0",
             metrics.ready.clone(),
         );
         metrics

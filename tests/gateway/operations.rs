@@ -383,6 +383,32 @@ async fn readiness_follows_the_kubelet_and_shutdown() {
 }
 
 #[tokio::test]
+async fn the_ready_gauge_follows_a_stopped_kubelet_without_probes() {
+    // A stopped kubelet sends no readiness probes: the gauge must not wait
+    // for them.
+    let env = Env::start().await;
+    let ready = |text: &str, value: &str| text.contains(&format!("kubelet_guard_ready {value}\n"));
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        metrics = env.admin_get("/metrics", None).await.1;
+        if ready(&metrics, "1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready(&metrics, "1"), "{metrics}");
+    env.kubelet.stop();
+    for _ in 0..100 {
+        metrics = env.admin_get("/metrics", None).await.1;
+        if ready(&metrics, "0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready(&metrics, "0"), "not 0 within 10 s: {metrics}");
+}
+
+#[tokio::test]
 async fn readiness_reports_a_kubelet_that_refuses_the_gateway() {
     let env = Env::start_full(
         kubelet_guard::demo_kubelet::DemoKubeletOptions {
