@@ -46,6 +46,11 @@ pub const METRICS_PATH: &str = "/metrics";
 /// once wait in the accept queue.
 const MAX_CONNECTIONS: usize = 64;
 
+/// A connection is closed after this long whatever it does, so idle
+/// connections cannot hold the [`MAX_CONNECTIONS`] slots for good (a
+/// scraper simply reconnects).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
 /// Bound on cached decisions (one per identity).
 const DECISION_CACHE_ENTRIES: u64 = 1024;
 
@@ -210,7 +215,9 @@ impl MetricsEndpoint {
                 .timer(TokioTimer::new())
                 .header_read_timeout(request_header);
         }
-        if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
+        let served = builder.serve_connection(TokioIo::new(tls), service);
+        // Err(Elapsed): the lifetime is over; the connection is dropped.
+        if let Ok(Err(error)) = tokio::time::timeout(CONNECTION_LIFETIME, served).await {
             tracing::debug!(%peer, %error, "metrics listener: connection ended");
         }
     }
