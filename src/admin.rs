@@ -6,8 +6,8 @@
 //!   node's addresses (`tls::coverage`), the kubelet
 //!   answers its `/healthz` to the gateway's credentials, and the gateway is
 //!   not shutting down. 503 with the reasons otherwise.
-//!   The same check runs every few seconds on its own and sets
-//!   `kubelet_guard_ready`, which the alerting rules read.
+//!   Its result is `kubelet_guard_ready`, which the alerting rules read;
+//!   after 15 s without a probe the gateway checks on its own.
 //! - `/metrics`: OpenMetrics text when the scraper asks for it (Prometheus
 //!   does), the classic Prometheus text format otherwise.
 
@@ -34,10 +34,11 @@ use crate::tls::coverage::ServingCoverage;
 /// How long a readiness answer is reused, so probes cannot hammer the kubelet.
 const READINESS_CACHE: Duration = Duration::from_secs(1);
 const KUBELET_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often readiness is checked without being asked, so that
-/// `kubelet_guard_ready` follows a kubelet that is down: a stopped kubelet
-/// sends no readiness probes.
-const READINESS_REFRESH: Duration = Duration::from_secs(5);
+/// With no readiness check for this long, the gateway checks on its own, so
+/// that `kubelet_guard_ready` follows a kubelet that is down: a stopped
+/// kubelet sends no readiness probes. (The DaemonSet's probe asks every 5 s,
+/// so while the kubelet runs no extra check is made.)
+const READINESS_STALE: Duration = Duration::from_secs(15);
 
 pub struct Admin {
     metrics: Arc<Metrics>,
@@ -146,11 +147,24 @@ impl Admin {
 
     /// Keeps `kubelet_guard_ready` current until `stop` is cancelled.
     async fn refresh_readiness(self: Arc<Self>, stop: CancellationToken) {
+        let mut last = Instant::now();
         loop {
-            let _ = self.readiness().await;
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(READINESS_REFRESH) => {}
+                () = tokio::time::sleep(READINESS_STALE / 3) => {}
+            }
+            let checked = self
+                .last_readiness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(at, _)| *at);
+            if let Some(at) = checked {
+                last = last.max(at);
+            }
+            if last.elapsed() >= READINESS_STALE {
+                let _ = self.readiness().await;
+                last = Instant::now();
             }
         }
     }

@@ -122,7 +122,7 @@ pub struct Metrics {
     pub csr_failures: Family<ReasonLabels, Counter>,
     pub scrapes: Family<ScrapeLabels, Counter>,
     /// 1 when the last readiness check passed, else 0 (checked on every
-    /// `/readyz` and every few seconds on its own).
+    /// `/readyz`, and on its own after 15 s without one).
     pub ready: Gauge,
 }
 
