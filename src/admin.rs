@@ -6,6 +6,8 @@
 //!   node's addresses (`tls::coverage`), the kubelet
 //!   answers its `/healthz` to the gateway's credentials, and the gateway is
 //!   not shutting down. 503 with the reasons otherwise.
+//!   Its result is `kubelet_guard_ready`, which the alerting rules read;
+//!   after 15 s without a probe the gateway checks on its own.
 //! - `/metrics`: OpenMetrics text when the scraper asks for it (Prometheus
 //!   does), the classic Prometheus text format otherwise.
 
@@ -32,6 +34,11 @@ use crate::tls::coverage::ServingCoverage;
 /// How long a readiness answer is reused, so probes cannot hammer the kubelet.
 const READINESS_CACHE: Duration = Duration::from_secs(1);
 const KUBELET_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// With no readiness check for this long, the gateway checks on its own, so
+/// that `kubelet_guard_ready` follows a kubelet that is down: a stopped
+/// kubelet sends no readiness probes. (The DaemonSet's probe asks every 5 s,
+/// so while the kubelet runs no extra check is made.)
+const READINESS_STALE: Duration = Duration::from_secs(15);
 
 pub struct Admin {
     metrics: Arc<Metrics>,
@@ -69,6 +76,7 @@ impl Admin {
     /// Serves until the gateway has stopped (phase 3 of its [`Drain`]):
     /// through draining, so probes see `/readyz` turn 503.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        tokio::spawn(self.clone().refresh_readiness());
         loop {
             let stream = tokio::select! {
                 () = self.drain.stopped() => return,
@@ -139,8 +147,33 @@ impl Admin {
         }
     }
 
+    /// Keeps `kubelet_guard_ready` current until the gateway has stopped.
+    async fn refresh_readiness(self: Arc<Self>) {
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                () = self.drain.stopped() => return,
+                () = tokio::time::sleep(READINESS_STALE / 3) => {}
+            }
+            let checked = self
+                .last_readiness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(at, _)| *at);
+            if let Some(at) = checked {
+                last = last.max(at);
+            }
+            if last.elapsed() >= READINESS_STALE {
+                let _ = self.readiness().await;
+                last = Instant::now();
+            }
+        }
+    }
+
     async fn readiness(&self) -> Result<(), String> {
         if self.drain.is_draining() {
+            self.metrics.ready.set(0);
             return Err("shutting down".into());
         }
         if let Some((at, answer)) = self
@@ -153,6 +186,7 @@ impl Admin {
             return answer.clone();
         }
         let answer = self.check().await;
+        self.metrics.ready.set(i64::from(answer.is_ok()));
         *self
             .last_readiness
             .lock()

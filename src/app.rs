@@ -1,7 +1,8 @@
 //! Assembly: a validated [`Config`] becomes a running gateway. [`Gateway::bind`]
 //! is the list of components in the order a request meets them — the front
 //! door's TLS, authentication and authorization, the kubelet — then the
-//! server that runs the chain ([`crate::pipeline`]) and the admin listener.
+//! server that runs the chain ([`crate::pipeline`]), the admin listener and,
+//! when configured, the secure metrics listener.
 //! Two things are shared by all of them: the [`Reloader`] that keeps every
 //! file-backed value current, and the [`Drain`] that shuts them down.
 
@@ -28,6 +29,7 @@ use crate::csr::CsrIssuer;
 use crate::drain::Drain;
 use crate::fault::{self, FailureReporter};
 use crate::metrics::Metrics;
+use crate::metrics_endpoint::{self, MetricsEndpoint};
 use crate::pipeline::Pipeline;
 use crate::proxy::{Forwarder, Upstream, UpstreamOptions};
 use crate::reload::Reloader;
@@ -68,6 +70,8 @@ pub struct Gateway {
     admin: Arc<Admin>,
     admin_listener: TcpListener,
     admin_addr: SocketAddr,
+    /// The secure metrics listener, when --metrics-listen-address is set.
+    metrics_endpoint: Option<(Arc<MetricsEndpoint>, TcpListener, SocketAddr)>,
     reloader: Reloader,
     /// With --serving-cert-source=csr: requests and renews the certificate.
     csr: Option<CsrIssuer>,
@@ -83,13 +87,30 @@ impl Gateway {
         let drain = Drain::new();
 
         let front = FrontDoor::new(&config, &provider, &metrics, &mut reloader).await?;
-        let (authenticator, authorizer) =
-            access_control(&config, front.tls.clone(), &metrics).await?;
+        let access = access_control(&config, front.tls.clone(), &metrics).await?;
+        let metrics_endpoint = match (config.metrics_listen, access.metrics_authz) {
+            (Some(addr), Some(authz)) => {
+                let timeouts = metrics_endpoint::Timeouts {
+                    handshake: config.limits.tls_handshake_timeout,
+                    request_header: config.limits.request_header_timeout,
+                };
+                let endpoint = MetricsEndpoint::new(
+                    front.tls.clone(),
+                    access.authenticator.clone(),
+                    authz,
+                    metrics.clone(),
+                    timeouts,
+                );
+                let (listener, addr) = bind(addr).await?;
+                Some((Arc::new(endpoint), listener, addr))
+            }
+            _ => None,
+        };
         let upstream = kubelet(&config, &provider, &mut reloader)?;
         let pipeline = Arc::new(Pipeline {
             streaming_authz: config.streaming_authz,
-            authenticator,
-            authorizer,
+            authenticator: access.authenticator,
+            authorizer: access.authorizer,
             forwarder: Forwarder::new(upstream.clone(), HALF_CLOSE_LINGER, drain.clone()),
             metrics: metrics.clone(),
             log_format: config.log_format,
@@ -119,6 +140,7 @@ impl Gateway {
             admin,
             admin_listener,
             admin_addr,
+            metrics_endpoint,
             reloader,
             csr: front.csr,
             grace: config.shutdown_grace_period,
@@ -134,12 +156,22 @@ impl Gateway {
         self.admin_addr
     }
 
+    /// The secure metrics listener's address, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|(_, _, addr)| *addr)
+    }
+
     /// Serves until `shutdown` is cancelled, then drains for the grace period.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(address = %self.local_addr, admin = %self.admin_addr, "serving");
+        let metrics = self.metrics_addr().map(|a| a.to_string());
+        tracing::info!(address = %self.local_addr, admin = %self.admin_addr,
+            metrics = metrics.as_deref().unwrap_or("off"), "serving");
         let drain = self.drain;
         let reloader = tokio::spawn(self.reloader.run(RELOAD_RESYNC, drain.clone()));
         let admin = tokio::spawn(self.admin.serve(self.admin_listener));
+        let metrics_endpoint = self
+            .metrics_endpoint
+            .map(|(endpoint, listener, _)| tokio::spawn(endpoint.serve(listener, drain.clone())));
         let csr = self
             .csr
             .map(|issuer| tokio::spawn(issuer.run(drain.clone())));
@@ -156,6 +188,9 @@ impl Gateway {
         drain.stop();
         let _ = reloader.await;
         let _ = admin.await;
+        if let Some(task) = metrics_endpoint {
+            let _ = task.await;
+        }
         if let Some(csr) = csr {
             let _ = csr.await;
         }
@@ -251,6 +286,15 @@ impl FrontDoor {
     }
 }
 
+/// Who may do what: the main listener's authentication and authorization,
+/// and the secure metrics listener's authorization (a SubjectAccessReview
+/// for `get /metrics`, when there is a webhook to ask).
+struct AccessControl {
+    authenticator: Authenticator,
+    authorizer: Authorizer,
+    metrics_authz: Option<metrics_endpoint::Authorization>,
+}
+
 /// Authentication (client certificates; bearer tokens by TokenReview) and
 /// authorization (static rules; SubjectAccessReview), with the apiserver if
 /// configured.
@@ -258,8 +302,8 @@ async fn access_control(
     config: &Config,
     tls: watch::Receiver<Option<Arc<TlsState>>>,
     metrics: &Arc<Metrics>,
-) -> Result<(Authenticator, Authorizer), StartError> {
-    let (tokens, webhook) = match &config.apiserver {
+) -> Result<AccessControl, StartError> {
+    let (tokens, webhook, metrics_authz) = match &config.apiserver {
         Some(apiserver) => {
             let client = apiserver::client(apiserver.kubeconfig.as_deref()).await?;
             let failures = Arc::new(FailureReporter::new(metrics.clone(), fault::WARN_EVERY));
@@ -287,14 +331,25 @@ async fn access_control(
                     DECISION_CACHE_ENTRIES,
                 ),
             });
-            (tokens, webhook)
+            // The secure metrics listener asks with the same reviewer and TTLs.
+            let metrics_authz =
+                webhook
+                    .as_ref()
+                    .zip(apiserver.authorization.as_ref())
+                    .map(|(w, a)| metrics_endpoint::Authorization {
+                        reviewer: w.reviewer.clone(),
+                        authorized_ttl: a.authorized_ttl,
+                        unauthorized_ttl: a.unauthorized_ttl,
+                    });
+            (tokens, webhook, metrics_authz)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
-    Ok((
-        Authenticator::new(tls, tokens, config.anonymous_auth),
-        Authorizer::new(config.static_rules.clone(), webhook),
-    ))
+    Ok(AccessControl {
+        authenticator: Authenticator::new(tls, tokens, config.anonymous_auth),
+        authorizer: Authorizer::new(config.static_rules.clone(), webhook),
+        metrics_authz,
+    })
 }
 
 /// The kubelet: where it is and the gateway's credentials for it — the CA

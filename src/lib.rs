@@ -26,6 +26,7 @@ pub mod drain;
 pub mod fault;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_endpoint;
 pub mod pipeline;
 pub mod proxy;
 pub mod reject;

@@ -103,6 +103,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScrapeLabels {
+    /// The status of the answer on the secure metrics listener.
+    pub code: u16,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -122,6 +128,10 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     pub certificate_rotations: Counter,
     pub csr_failures: Family<ReasonLabels, Counter>,
+    pub scrapes: Family<ScrapeLabels, Counter>,
+    /// 1 when the last readiness check passed, else 0 (checked on every
+    /// `/readyz`, and on its own after 15 s without one).
+    pub ready: Gauge,
 }
 
 /// 0.5ms … ~4s: reviews and kubelet answers on loopback are fast; slow
@@ -157,6 +167,8 @@ impl Metrics {
             reloads: Family::default(),
             certificate_rotations: Counter::default(),
             csr_failures: Family::default(),
+            scrapes: Family::default(),
+            ready: Gauge::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -246,6 +258,16 @@ impl Metrics {
             "csr_failures",
             "CertificateSigningRequests that did not yield a certificate, by reason",
             metrics.csr_failures.clone(),
+        );
+        r.register(
+            "metrics_scrapes",
+            "Requests to the secure metrics listener, by status code",
+            metrics.scrapes.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when the last readiness check (/readyz) passed: certificate usable, kubelet answering; else 0",
+            metrics.ready.clone(),
         );
         metrics
     }

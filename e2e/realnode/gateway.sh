@@ -9,7 +9,7 @@ GW_OVERLAY=${GW_OVERLAY:-$SRC/overlay}
 # base (through e2e/realnode/overlay) and the gateway's kubelet client
 # certificate. No node is enrolled yet, so no pod runs.
 gateway_apply() {
-	kubectl apply -k "$GW_OVERLAY" >/dev/null
+	if [[ -n ${REALNODE_HELM:-} ]]; then helm_install_gateway; else kubectl apply -k "$GW_OVERLAY" >/dev/null; fi
 	kubectl -n "$GW_NS" create secret tls kubelet-guard-kubelet-client \
 		--cert "$D/pki/kubelet-guard-client.crt" --key "$D/pki/kubelet-guard-client.key" >/dev/null
 }

@@ -265,7 +265,7 @@ node_kubelet_stop() {
 # node_down: idempotent; also run by the outer script if this one died.
 node_down() {
 	local name
-	for name in approver konnectivity-agent kubelet; do stop_pid "$name"; done
+	for name in approver konnectivity-agent kubelet prometheus; do stop_pid "$name"; done
 	# Sandboxes first: CNI DEL, netns, shm and rootfs mounts go with
 	# StopPodSandbox/RemovePodSandbox, which need containerd running.
 	if [[ -S $D/containerd/containerd.sock ]] && [[ -f $D/pids/containerd ]]; then

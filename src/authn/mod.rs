@@ -103,6 +103,8 @@ pub enum AuthnError {
     Token(#[from] TokenError),
 }
 
+/// Clones share the token cache (the secure metrics listener uses one).
+#[derive(Clone)]
 pub struct Authenticator {
     tls: watch::Receiver<Option<Arc<TlsState>>>,
     /// `None`: `--authentication-token-webhook=false`; tokens are ignored.

@@ -30,6 +30,8 @@ pub enum TokenError {
     Malformed(String),
 }
 
+/// Clones share the result cache.
+#[derive(Clone)]
 pub struct TokenAuthenticator {
     api: Api<TokenReview>,
     audiences: Vec<String>,

@@ -5,6 +5,7 @@
 //! Concurrent identical misses wait for one review instead of sending many.
 
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,11 @@ pub struct ReviewKey {
     pub subresource: Subresource,
 }
 
-pub struct DecisionCache {
-    decisions: Cache<ReviewKey, bool>,
+/// Keyed by [`ReviewKey`] for the kubelet API; any other key type holds
+/// decisions of another fixed question (the secure metrics listener keys
+/// `get /metrics` by identity alone).
+pub struct DecisionCache<K = ReviewKey> {
+    decisions: Cache<K, bool>,
 }
 
 struct ByDecision {
@@ -32,13 +36,13 @@ struct ByDecision {
     denied: Duration,
 }
 
-impl Expiry<ReviewKey, bool> for ByDecision {
-    fn expire_after_create(&self, _: &ReviewKey, allowed: &bool, _: Instant) -> Option<Duration> {
+impl<K> Expiry<K, bool> for ByDecision {
+    fn expire_after_create(&self, _: &K, allowed: &bool, _: Instant) -> Option<Duration> {
         Some(if *allowed { self.allowed } else { self.denied })
     }
 }
 
-impl DecisionCache {
+impl<K: Hash + Eq + Send + Sync + 'static> DecisionCache<K> {
     pub fn new(authorized_ttl: Duration, unauthorized_ttl: Duration, max_entries: u64) -> Self {
         DecisionCache {
             decisions: Cache::builder()
@@ -53,11 +57,7 @@ impl DecisionCache {
 
     /// The cached decision for `key`, or the result of `review` (shared with
     /// every concurrent caller asking the same). Failures are not cached.
-    pub async fn decide<F>(
-        &self,
-        key: ReviewKey,
-        review: F,
-    ) -> Result<(bool, Source), Arc<ReviewError>>
+    pub async fn decide<F>(&self, key: K, review: F) -> Result<(bool, Source), Arc<ReviewError>>
     where
         F: Future<Output = Result<bool, ReviewError>>,
     {

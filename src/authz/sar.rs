@@ -11,7 +11,7 @@ use crate::authn::Identity;
 use crate::fault::{FailureReporter, ReviewFailure, ReviewKind};
 use crate::metrics::{Metrics, ReviewLabels};
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::Api;
 use kube::api::PostParams;
@@ -49,7 +49,28 @@ pub fn review_for(
     }
 }
 
+/// The review for a non-resource request (`verb` on URL `path`), as
+/// k8s.io/apiserver's `DelegatingAuthorizer` sends it for the kube-scheduler
+/// and kube-controller-manager secure ports (and kube-rbac-proxy): the
+/// caller's identity with `nonResourceAttributes` instead of a resource.
+pub fn non_resource_review_for(identity: &Identity, verb: &str, path: &str) -> SubjectAccessReview {
+    SubjectAccessReview {
+        metadata: Default::default(),
+        spec: SubjectAccessReviewSpec {
+            non_resource_attributes: Some(NonResourceAttributes {
+                path: Some(path.to_owned()),
+                verb: Some(verb.to_owned()),
+            }),
+            resource_attributes: None,
+            // user, uid, groups and extra exactly as for a resource review.
+            ..review_for(identity, "", Verb::Get, Subresource::Metrics).spec
+        },
+        status: None,
+    }
+}
+
 /// Sends reviews for one node.
+#[derive(Clone)]
 pub struct Reviewer {
     api: Api<SubjectAccessReview>,
     node: String,
@@ -84,25 +105,36 @@ impl Reviewer {
         verb: Verb,
         subresource: Subresource,
     ) -> Result<bool, ReviewError> {
-        let answer = self.ask(identity, verb, subresource).await;
+        self.send(review_for(identity, &self.node, verb, subresource))
+            .await
+    }
+
+    /// Like [`Reviewer::review`], for a non-resource request
+    /// ([`non_resource_review_for`]).
+    pub async fn review_non_resource(
+        &self,
+        identity: &Identity,
+        verb: &str,
+        path: &str,
+    ) -> Result<bool, ReviewError> {
+        self.send(non_resource_review_for(identity, verb, path))
+            .await
+    }
+
+    async fn send(&self, review: SubjectAccessReview) -> Result<bool, ReviewError> {
+        let answer = self.ask(&review).await;
         if let Err(failure) = &answer {
             self.failures.report(failure);
         }
         answer
     }
 
-    async fn ask(
-        &self,
-        identity: &Identity,
-        verb: Verb,
-        subresource: Subresource,
-    ) -> Result<bool, ReviewError> {
+    async fn ask(&self, review: &SubjectAccessReview) -> Result<bool, ReviewError> {
         let kind = ReviewKind::SubjectAccessReview;
-        let review = review_for(identity, &self.node, verb, subresource);
         let started = Instant::now();
         let answer = tokio::time::timeout(
             self.timeout,
-            self.api.create(&PostParams::default(), &review),
+            self.api.create(&PostParams::default(), review),
         )
         .await;
         self.metrics

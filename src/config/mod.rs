@@ -57,7 +57,7 @@ pub use authz::{
 };
 pub use limits::{Limits, LimitsSettings};
 pub use node::{Node, NodeSettings};
-pub use operations::{LogFormat, Operations, OperationsSettings};
+pub use operations::{ListenSetting, LogFormat, Operations, OperationsSettings};
 pub use serving::{
     CsrSettings, Listener, Serving, ServingCertSource, ServingCoverageConfig, ServingSettings,
 };
@@ -178,6 +178,8 @@ pub struct Config {
     /// The apiserver, when anything needs it.
     pub apiserver: Option<ApiserverConfig>,
     pub admin_listen: SocketAddr,
+    /// The secure metrics listener, if on (see [`Operations`]).
+    pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub shutdown_grace_period: Duration,
     pub limits: Limits,
@@ -285,7 +287,11 @@ impl Settings {
         let apiserver = self
             .apiserver
             .validate(authorization.webhook, authentication.token_webhook)?;
-        let operations = self.operations.validate()?;
+        let operations = self.operations.validate(
+            apiserver
+                .as_ref()
+                .is_some_and(|a| a.authorization.is_some()),
+        )?;
         Ok(Config {
             node_name: node.name,
             listen: listener.listen,
@@ -302,6 +308,7 @@ impl Settings {
             static_rules: authorization.static_rules,
             apiserver,
             admin_listen: operations.admin_listen,
+            metrics_listen: operations.metrics_listen,
             log_format: operations.log_format,
             shutdown_grace_period: operations.shutdown_grace_period,
             limits,

@@ -396,3 +396,35 @@ fn load_reads_the_config_file_then_lays_the_given_flags_over_it() {
         "{err}"
     );
 }
+
+#[test]
+fn the_metrics_listener_is_off_unless_set_and_needs_the_webhook() {
+    assert_eq!(minimal().validate().unwrap().metrics_listen, None);
+    let at = |value: &str| with(|s| s.operations.metrics_listen_address = value.parse().unwrap());
+    assert_eq!(
+        at("0.0.0.0:10262").validate().unwrap().metrics_listen,
+        Some("0.0.0.0:10262".parse().unwrap())
+    );
+    assert_eq!(at("off").validate().unwrap().metrics_listen, None);
+    let got = error_of(with_base(at("127.0.0.1:10262"), |s| {
+        s.authz.authorization_mode = AuthorizationMode::Static
+    }));
+    assert!(
+        got.contains("--metrics-listen-address (metricsListenAddress in the config file)")
+            && got.contains("--authorization-mode=Webhook"),
+        "{got}"
+    );
+    assert!(
+        "10262"
+            .parse::<ListenSetting>()
+            .unwrap_err()
+            .contains("neither IP:PORT nor off")
+    );
+    let file = Settings::from_yaml("metricsListenAddress: off\n").unwrap();
+    assert_eq!(file.operations.metrics_listen_address, ListenSetting::Off);
+    let file = Settings::from_yaml("metricsListenAddress: 127.0.0.1:10262\n").unwrap();
+    assert_eq!(
+        file.operations.metrics_listen_address,
+        ListenSetting::At("127.0.0.1:10262".parse().unwrap())
+    );
+}

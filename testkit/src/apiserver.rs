@@ -31,6 +31,8 @@ pub struct Ask {
     pub groups: Vec<String>,
     pub verb: String,
     pub subresource: String,
+    /// The URL of a non-resource review (`nonResourceAttributes`), else "".
+    pub path: String,
 }
 
 /// How the fake apiserver misbehaves.
@@ -239,7 +241,12 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<byte
                 .unwrap()
                 .push(body.clone());
             let spec = &body["spec"];
-            let attrs = &spec["resourceAttributes"];
+            let non_resource = &spec["nonResourceAttributes"];
+            let attrs = if non_resource.is_object() {
+                non_resource
+            } else {
+                &spec["resourceAttributes"]
+            };
             let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
             let ask = Ask {
                 user: text(&spec["user"]),
@@ -249,6 +256,7 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<byte
                     .unwrap_or_default(),
                 verb: text(&attrs["verb"]),
                 subresource: text(&attrs["subresource"]),
+                path: text(&non_resource["path"]),
             };
             let allowed = (state.policy.lock().unwrap())(&ask);
             let mut review = body.clone();

@@ -9,6 +9,7 @@ mod faults;
 mod forwarding;
 mod hardening;
 mod identity;
+mod metrics_endpoint;
 mod operations;
 mod paths;
 mod reviews;

@@ -414,6 +414,8 @@ async fn readiness_follows_the_kubelet_and_shutdown() {
         (200, "ok\n".to_owned())
     );
     assert_eq!(env.admin_get("/livez", None).await.0, 200);
+    let (_, metrics) = env.admin_get("/metrics", None).await;
+    assert!(metrics.contains("kubelet_guard_ready 1\n"), "{metrics}");
 
     env.kubelet.stop();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
@@ -425,6 +427,31 @@ async fn readiness_follows_the_kubelet_and_shutdown() {
         200,
         "alive, just not ready"
     );
+    // What the KubeletGuardNotReady alert reads.
+    let (_, metrics) = env.admin_get("/metrics", None).await;
+    assert!(metrics.contains("kubelet_guard_ready 0\n"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_ready_gauge_follows_a_stopped_kubelet_without_probes() {
+    // A stopped kubelet sends no readiness probes: the gauge must not wait
+    // for them.
+    let env = Env::start().await;
+    let ready = |text: &str, value: &str| text.contains(&format!("kubelet_guard_ready {value}\n"));
+    // One probe while the kubelet is up.
+    assert_eq!(env.admin_get("/readyz", None).await.0, 200);
+    let mut metrics = env.admin_get("/metrics", None).await.1;
+    assert!(ready(&metrics, "1"), "{metrics}");
+    env.kubelet.stop();
+    // 15 s without a probe, then the gateway checks on its own.
+    for _ in 0..250 {
+        metrics = env.admin_get("/metrics", None).await.1;
+        if ready(&metrics, "0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready(&metrics, "0"), "not 0 within 25 s: {metrics}");
 }
 
 #[tokio::test]
