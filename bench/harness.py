@@ -794,6 +794,9 @@ http {{
                 f"and cannot be raised, so the largest N is {largest}"
             )
         counts = [200] if self.quick else sorted({1000, 5000, largest})
+        if os.environ.get("BENCH_IDLE_N"):
+            # Development: only these N (e.g. the largest, in a quick run).
+            counts = [min(int(n), largest) for n in os.environ["BENCH_IDLE_N"].split(",")]
         reps = 1 if self.quick else 3
         c = self.certs
         ping = 5.0
