@@ -252,9 +252,11 @@ class Report:
                 rows.append([LABELS[t], ref[t].fmt(0), stat(ab, "p99_us", target=t).fmt(0, 1e-3),
                              stat(ab, "cpu_util", target=t).fmt(2),
                              ratio(ref[t], ref.get("nginx")) if gw else "",
+                             ratio(ref[t], ref.get("kube-rbac-proxy")) if gw else "",
                              ratio(ref[t], ref.get("direct")) if gw else "",
                              sum(r["failed"] for r in pick(ab, target=t))])
-            self.table(["target", "req/s", "p99 ms", "util", "gw/nginx", "gw/direct", "failed"], rows)
+            self.table(["target", "req/s", "p99 ms", "util", "gw/nginx", "gw/krp", "gw/direct",
+                        "failed"], rows)
 
     def handshakes(self):
         recs = pick(self.records, workload="handshake")
