@@ -21,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -164,6 +165,26 @@ class Proc:
     def stop_all(cls):
         for proc in list(reversed(cls.registry)):
             proc.stop()
+
+
+class Sampler:
+    """Samples a process's RSS every 100 ms in a thread, for the peak."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.peak = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, self.proc.rss_kib())
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.peak
 
 
 def run_tool(argv, cpu=LOAD_CPU, timeout=None):
@@ -363,6 +384,14 @@ class Bench:
                    lambda: self.start_gateway("sar")),
             Target("nginx", "nginx", True, self.start_nginx),
         ]
+        # Development variants of the gateway binary (before/after a change,
+        # allocator candidates), static mode, measured beside the others.
+        for spec in self.args.variant:
+            name, _, binary = spec.partition("=")
+            self.targets.insert(3, Target(
+                f"gateway-static+{name}", f"kubelet-guard, static rule, {name}", True,
+                lambda binary=binary, name=name: self.start_gateway(
+                    "static", binary=binary, name=f"gateway-static+{name}")))
         if self.args.krp:
             self.targets.append(Target("kube-rbac-proxy", "kube-rbac-proxy", True, self.start_krp))
         else:
@@ -412,24 +441,24 @@ class Bench:
                 "authorizationMode: Webhook",
                 f"kubeconfig: {c.path('kubeconfig')}",
             ]
-        path = os.path.join(self.work, f"gateway-{mode}.yaml")
+        path = os.path.join(self.work, f"gateway-{mode}-{port}.yaml")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
         return path
 
-    def gateway_proc(self, mode, name=None):
+    def gateway_proc(self, mode, name=None, binary=None):
         port = free_port()
         config = self.gateway_config(mode, port)
         proc = self.spawn(
             name or f"gateway-{mode}",
-            [self.args.gateway, "serve", "--config", config],
+            [binary or self.args.gateway, "serve", "--config", config],
             PROXY_CPU,
             quiet_stdout=True,
         )
         return proc, port
 
-    def start_gateway(self, mode):
-        proc, port = self.gateway_proc(mode)
+    def start_gateway(self, mode, binary=None, name=None):
+        proc, port = self.gateway_proc(mode, name=name, binary=binary)
         wait_tls(proc, self.ctx, port)
         return proc, port
 
@@ -577,9 +606,12 @@ http {{
             "--key", c.path("apiserver-client.key"),
         ]
 
-    def oha(self, port, conc, seconds, http2=False, keepalive=True, path="/pods"):
+    def oha(self, port, conc, seconds, http2=False, keepalive=True, path="/pods", requests=None):
+        """`oha -z seconds`, or with `requests`, `oha -n requests` (then
+        `seconds` only bounds the wait)."""
+        amount = ["-n", str(requests)] if requests else ["-z", f"{seconds}s"]
         argv = [
-            self.args.oha, "-z", f"{seconds}s", "-c", str(conc), "--no-tui",
+            self.args.oha, *amount, "-c", str(conc), "--no-tui",
             "--output-format", "json",
         ] + self.client_flags()
         if http2:
@@ -718,11 +750,14 @@ http {{
 
     def bulk(self, port, mode, nbytes):
         c = self.certs
+        # "lines": the log shape with 1,000-byte chunks each flushed, as the
+        # kubelet writes a followed log (one chunk per line).
+        tool_mode, extra = ("get", ["--chunk", "1000"]) if mode == "lines" else (mode, [])
         argv = [
-            self.args.kgbench, "bulk", "--addr", f"127.0.0.1:{port}", "--mode", mode,
+            self.args.kgbench, "bulk", "--addr", f"127.0.0.1:{port}", "--mode", tool_mode,
             "--bytes", str(nbytes), "--cacert", c.path("ca.crt"),
             "--cert", c.path("apiserver-client.crt"), "--key", c.path("apiserver-client.key"),
-        ]
+        ] + extra
         return json.loads(run_tool(argv, timeout=600))
 
     def streaming(self):
@@ -731,12 +766,14 @@ http {{
         try:
             targets = self.all_started()
             for target in targets:
-                for mode in ("get", "push", "pull"):
-                    self.bulk(target.port, mode, 64 << 20)  # warm-up
+                for mode in ("get", "push", "pull", "lines"):
+                    self.bulk(target.port, mode, 16 << 20)  # warm-up
             for rep in range(reps):
-                for mode in ("get", "push", "pull"):
+                for mode in ("get", "push", "pull", "lines"):
+                    # Line-sized chunks move far fewer bytes per second.
+                    size = nbytes // 8 if mode == "lines" else nbytes
                     for target in targets:
-                        r = self.measured(target, lambda: self.bulk(target.port, mode, nbytes))
+                        r = self.measured(target, lambda: self.bulk(target.port, mode, size))
                         if "cpu_s" in r:
                             r["cpu_s_per_gb"] = r["cpu_s"] / (r["bytes"] / 1e9)
                         self.record(workload="stream", target=target.name, mode=mode, rep=rep, **r)
@@ -757,6 +794,9 @@ http {{
                 f"and cannot be raised, so the largest N is {largest}"
             )
         counts = [200] if self.quick else sorted({1000, 5000, largest})
+        if os.environ.get("BENCH_IDLE_N"):
+            # Development: only these N (e.g. the largest, in a quick run).
+            counts = [min(int(n), largest) for n in os.environ["BENCH_IDLE_N"].split(",")]
         reps = 1 if self.quick else 3
         c = self.certs
         ping = 5.0
@@ -817,6 +857,69 @@ http {{
             return result
         finally:
             tool.stop()
+
+    def peak_memory(self):
+        """RSS after a peak: each proxy, started fresh and warmed, takes
+        1,000 keep-alive connections of small GETs (10 per connection); once
+        they close, its RSS is sampled every second for 30 s. The targets
+        take their peaks one after the other while the earlier ones are
+        still being watched, so the 30 s windows overlap."""
+        conns = 1000
+        requests_per_conn = 3 if self.quick else 10
+        watch = 30.0
+        reps = 1 if self.quick else 3
+        proxies = [t for t in self.targets if t.proxy]
+        for rep in range(reps):
+            samples = {}  # target name -> [(seconds since its peak ended, rss KiB)]
+            peaks = {}
+            try:
+                for target in proxies:
+                    target.start()
+                for target in proxies:
+                    self.oha(target.port, 16, 1)  # warm-up: pools, caches, the SAR
+                time.sleep(1)
+                pre = {t.name: t.proc.rss_kib() for t in proxies}
+                closed = {}
+                for target in proxies:
+                    sampler = Sampler(target.proc)
+                    # Every connection opens and sends a few requests.
+                    r = self.oha(target.port, conns, 120, requests=conns * requests_per_conn)
+                    peaks[target.name] = (max(sampler.stop(), target.proc.rss_kib()), r)
+                    closed[target.name] = time.monotonic()
+                    samples[target.name] = []
+                    # Sample the ones already done while the next one peaks.
+                    self._sample_after_peak(proxies, closed, samples)
+                end = max(closed.values()) + watch
+                while time.monotonic() < end + 0.5:
+                    self._sample_after_peak(proxies, closed, samples, watch)
+                    time.sleep(1)
+                for target in proxies:
+                    trace = samples[target.name]
+                    before = pre[target.name]
+                    at_30 = [rss for t, rss in trace if t <= watch]
+                    back = next((t for t, rss in trace if rss <= 2 * before), None)
+                    peak, r = peaks[target.name]
+                    rec = dict(
+                        workload="peak_memory", target=target.name, rep=rep, conns=conns,
+                        requests_per_conn=requests_per_conn,
+                        rss_before_kib=before, rss_peak_kib=peak,
+                        rss_after_kib=at_30[-1] if at_30 else None,
+                        back_within_2x_s=back, trace=trace, ok=r["ok"],
+                        errors=r["errors"] + r["non200"],
+                    )
+                    self.record(**rec)
+                    log(f"peak memory {target.name}: {before / 1024:.1f} → {peak / 1024:.1f} → "
+                        f"{(rec['rss_after_kib'] or 0) / 1024:.1f} MiB after {watch:.0f} s "
+                        f"({r['ok']} responses, errors {rec['errors']})")
+            finally:
+                self.stop_targets()
+
+    def _sample_after_peak(self, proxies, closed, samples, watch=30.0):
+        now = time.monotonic()
+        for target in proxies:
+            if target.name in closed and now - closed[target.name] <= watch + 0.5:
+                samples[target.name].append((round(now - closed[target.name], 1),
+                                             target.proc.rss_kib()))
 
     def cold_burst(self):
         reps = 1 if self.quick else 3
@@ -924,6 +1027,8 @@ def main():
     p.add_argument("--krp-skip-reason", default="")
     p.add_argument("--nofile", type=int, required=True)
     p.add_argument("--only", default="", help="comma-separated workloads (for development)")
+    p.add_argument("--variant", action="append", default=[],
+                   help="NAME=BINARY: also measure this gateway binary in static mode (development)")
     args = p.parse_args()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -938,6 +1043,7 @@ def main():
         "handshake": bench.handshakes,
         "stream": bench.streaming,
         "idle_streams": bench.idle_streams,
+        "peak_memory": bench.peak_memory,
         "cold_burst": bench.cold_burst,
         "startup": bench.startup,
     }

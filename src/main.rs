@@ -9,6 +9,12 @@ use clap::{CommandFactory, FromArgMatches};
 
 use cli::{CertsCommand, Cli, Command};
 
+// jemalloc with background purging: after a peak of connections the freed
+// memory goes back to the system within seconds, idle or not
+// (bench/PROFILE.md, "Memory after a peak").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // The matches are kept: `serve` lays only the flags actually given over
     // its config file.

@@ -27,6 +27,11 @@ pub fn empty() -> Body {
 pub struct Chunked {
     chunk: Bytes,
     remaining: u64,
+    /// Whether to pause after every chunk: hyper writes out what it has
+    /// when the body is not ready, so each chunk leaves on its own, as a
+    /// flushed log line does.
+    flush_each: bool,
+    paused: bool,
 }
 
 impl Chunked {
@@ -34,6 +39,18 @@ impl Chunked {
         Chunked {
             chunk,
             remaining: total,
+            flush_each: false,
+            paused: false,
+        }
+        .boxed()
+    }
+
+    pub fn flushed(chunk: Bytes, total: u64) -> Body {
+        Chunked {
+            chunk,
+            remaining: total,
+            flush_each: true,
+            paused: false,
         }
         .boxed()
     }
@@ -45,10 +62,17 @@ impl http_body::Body for Chunked {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
+        }
+        if self.flush_each {
+            self.paused = !self.paused;
+            if self.paused {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
         let n = usize::try_from(self.remaining)
             .unwrap_or(usize::MAX)

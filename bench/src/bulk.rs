@@ -1,5 +1,7 @@
 //! One bulk stream through the target, timed:
-//! - `get`: a chunked response of `--bytes` (`kubectl logs -f` shape);
+//! - `get`: a chunked response of `--bytes` (`kubectl logs -f` shape), in
+//!   64 KiB chunks, or with `--chunk N` in N-byte chunks each flushed on its
+//!   own (the kubelet flushes every log line);
 //! - `push`: after a port-forward-shaped upgrade, send `--bytes` and wait
 //!   for the upstream's 8-byte count of what arrived;
 //! - `pull`: after the upgrade, read `--bytes` the upstream sends.
@@ -33,6 +35,9 @@ pub struct Args {
     mode: Mode,
     #[arg(long)]
     bytes: u64,
+    /// `get` only: the upstream's chunk size (each flushed), in bytes.
+    #[arg(long)]
+    chunk: Option<usize>,
 }
 
 const BUF: usize = 64 * 1024;
@@ -53,8 +58,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             >(TokioIo::new(stream))
             .await?;
             tokio::spawn(connection);
+            let chunk = args
+                .chunk
+                .map(|c| format!("&chunk={c}"))
+                .unwrap_or_default();
             let request = Request::get(format!(
-                "/containerLogs/bench/pod/app?follow=true&bytes={total}"
+                "/containerLogs/bench/pod/app?follow=true&bytes={total}{chunk}"
             ))
             .header("host", "127.0.0.1")
             .body(Empty::new())?;

@@ -2,6 +2,7 @@
 //! proxy in front of it.
 //!
 //! - `GET /containerLogs/...?bytes=N`: `N` bytes, chunked, in 64 KiB chunks
+//!   (`&chunk=C`: C-byte chunks, each flushed on its own)
 //!   (the shape of `kubectl logs -f`);
 //! - `/portForward/...` or `/exec/...` with `Upgrade`: `101`, then by
 //!   `?mode=`: `echo` (every byte back, for idle streams with pings),
@@ -103,9 +104,15 @@ async fn handle(mut request: Request<Incoming>, small: Bytes, chunk: Bytes) -> R
         .and_then(|b| b.parse().ok())
         .unwrap_or(1 << 20);
     if path.starts_with("/containerLogs/") {
+        // `chunk=N`: N-byte chunks, each flushed, as the kubelet writes a
+        // followed log line by line.
+        let body = match query_param(&request, "chunk").and_then(|c| c.parse::<usize>().ok()) {
+            Some(n) if n > 0 => Chunked::flushed(chunk.slice(..n.min(chunk.len())), bytes),
+            _ => Chunked::body(chunk, bytes),
+        };
         return Response::builder()
             .header(header::CONTENT_TYPE, "text/plain")
-            .body(Chunked::body(chunk, bytes))
+            .body(body)
             .unwrap_or_default();
     }
     let wants_upgrade = request.headers().contains_key(header::UPGRADE);

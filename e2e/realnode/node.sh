@@ -249,6 +249,8 @@ cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix://$D/containerd/containerd.sock
 imageServiceEndpoint: unix://$D/containerd/containerd.sock
 resolvConf: ""
+# One log file for the --perf flood pod's 64 MiB (kubectl logs reads the newest file only).
+containerLogMaxSize: 100Mi
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%"}
