@@ -124,24 +124,10 @@ impl Admin {
                 ),
             },
             "/metrics" => {
-                let openmetrics = request
-                    .headers()
-                    .get(header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("application/openmetrics-text"));
-                if openmetrics {
-                    reply(
-                        StatusCode::OK,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        self.metrics.encode(),
-                    )
-                } else {
-                    reply(
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        self.metrics.encode_prometheus(),
-                    )
-                }
+                let (content_type, body) = self
+                    .metrics
+                    .exposition(request.headers().get(header::ACCEPT));
+                reply(StatusCode::OK, content_type, body)
             }
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         }

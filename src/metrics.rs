@@ -274,6 +274,26 @@ impl Metrics {
 
     /// The exposition in the classic Prometheus text format (0.0.4), for
     /// scrapers and tools (promtool) that do not ask for OpenMetrics.
+    /// A scrape's answer for its `Accept` header: OpenMetrics 1.0.0 when the
+    /// scraper asks for `application/openmetrics-text`, else the Prometheus
+    /// text format 0.0.4. Returns (Content-Type, body).
+    pub fn exposition(&self, accept: Option<&http::HeaderValue>) -> (&'static str, String) {
+        let openmetrics = accept
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/openmetrics-text"));
+        if openmetrics {
+            (
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.encode(),
+            )
+        } else {
+            (
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.encode_prometheus(),
+            )
+        }
+    }
+
     pub fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode())
     }
