@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from procs import Interrupted, Proc, log, on_signal
+from procs import PINNING_TEXT, Interrupted, Proc, log, on_signal
 from workloads import Bench
 
 
@@ -44,6 +44,7 @@ def versions(args):
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
+        "pinning": PINNING_TEXT,
         "cpu": cpu,
         "kernel": platform.release(),
         "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

@@ -13,8 +13,20 @@ import time
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Where processes run. "split" (default): the proxy alone on CPU 0, the
+# load generator, upstream and fake apiserver on CPU 1, so the proxy's CPU
+# time is its own. "shared" (BENCH_PINNING=shared): everything on CPU 0, so
+# no request crosses CPUs; compared with a split run it shows how much of
+# a hop's latency is cross-CPU wake-ups (bench/PROFILE.md).
+PINNING = os.environ.get("BENCH_PINNING", "split")
+if PINNING not in ("split", "shared"):
+    raise SystemExit(f"BENCH_PINNING: {PINNING!r} is neither 'split' nor 'shared'")
 PROXY_CPU = "0"
-LOAD_CPU = "1"
+LOAD_CPU = "1" if PINNING == "split" else "0"
+PINNING_TEXT = {
+    "split": "proxy on CPU 0 (`taskset -c 0`); load generator, upstream and fake apiserver on CPU 1",
+    "shared": "everything on CPU 0 (`BENCH_PINNING=shared`)",
+}[PINNING]
 CLIENT_CN = "kube-apiserver-kubelet-client"
 
 

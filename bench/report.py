@@ -1,32 +1,17 @@
 #!/usr/bin/env python3
 """Turns OUT/results.json (from harness.py) into a Markdown report and an
-SVG chart of the small-GET workload. Standard library only.
+SVG chart of the small-GET workload (chart.py). Standard library only.
 
     report.py RESULTS_JSON REPORT_MD CHART_SVG
 """
 
 import json
-import math
 import os
-import statistics
 import sys
 
-TARGET_ORDER = ["direct", "gateway-static", "gateway-sar", "nginx", "kube-rbac-proxy"]
-LABELS = {
-    "direct": "direct upstream (TLS)",
-    "gateway-static": "kubelet-guard (static rule)",
-    "gateway-sar": "kubelet-guard (cached SAR)",
-    "nginx": "nginx",
-    "kube-rbac-proxy": "kube-rbac-proxy",
-}
-COLORS = {
-    "direct": "#9e9e9e",
-    "gateway-static": "#1565c0",
-    "gateway-sar": "#64b5f6",
-    "nginx": "#2e7d32",
-    "kube-rbac-proxy": "#ef6c00",
-}
-GATEWAYS = ["gateway-static", "gateway-sar"]
+from chart import chart
+from records import GATEWAYS, LABELS, Stat, is_gw, pick, ratio, stat, targets_in
+
 # The goals, as the performance round states them: (key, metric, goal).
 GOALS = [
     ("small_get", "small GET req/s", "≥ 1.0× nginx at every `-c` (1, 16, 64), ≥ 2× kube-rbac-proxy"),
@@ -37,73 +22,6 @@ GOALS = [
      "RSS back to ≤ 2× the pre-peak RSS within 30 s of 1,000 connections closing"),
     ("cold_burst", "cold burst", "still exactly 1 SubjectAccessReview"),
 ]
-
-
-class Stat:
-    """Median with min and max of some repetitions."""
-
-    def __init__(self, values):
-        self.values = [v for v in values if v is not None]
-
-    def __bool__(self):
-        return bool(self.values)
-
-    @property
-    def med(self):
-        return statistics.median(self.values) if self.values else None
-
-    def fmt(self, digits=0, scale=1.0):
-        if not self.values:
-            return "—"
-        m, lo, hi = (x * scale for x in (self.med, min(self.values), max(self.values)))
-        if len(self.values) == 1:
-            return f"{m:,.{digits}f}"
-        return f"{m:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
-
-
-def pick(records, **match):
-    return [r for r in records if all(r.get(k) == v for k, v in match.items())]
-
-
-def stat(records, field, **match):
-    return Stat([r.get(field) for r in pick(records, **match)])
-
-
-def ratio(a, b, digits=2):
-    if not a or not b or not b.med:
-        return "—"
-    return f"{a.med / b.med:.{digits}f}×"
-
-
-class Labels(dict):
-    """LABELS, plus the development variants of the gateway (harness.py
-    --variant NAME=BINARY: target "gateway-static+NAME")."""
-
-    def __missing__(self, target):
-        return f"kubelet-guard (static rule, {variant(target)})" if variant(target) else target
-
-
-def variant(target):
-    return target.split("+", 1)[1] if target.startswith("gateway-static+") else None
-
-
-class Colors(dict):
-    def __missing__(self, target):
-        return "#7e57c2"
-
-
-LABELS = Labels(LABELS)
-COLORS = Colors(COLORS)
-
-
-def is_gw(target):
-    return target in GATEWAYS or variant(target) is not None
-
-
-def targets_in(records):
-    present = {r["target"] for r in records}
-    order = TARGET_ORDER[:3] + sorted(t for t in present if variant(t)) + TARGET_ORDER[3:]
-    return [t for t in order if t in present]
 
 
 def verdict(ok):
@@ -118,6 +36,7 @@ class Report:
         self.goals = []
         self.parts = {}
         self.realnode_data = data.get("realnode")
+        self.one_cpu_data = data.get("one_cpu")
 
     def w(self, line=""):
         self.lines.append(line)
@@ -156,7 +75,7 @@ class Report:
             ["oha", m["oha"]],
             ["ab", m["ab"]],
             ["compiler", m["rustc"]],
-            ["pinning", "proxy on CPU 0 (`taskset -c 0`); load generator, upstream and fake apiserver on CPU 1"],
+            ["pinning", m.get("pinning", "proxy on CPU 0 (`taskset -c 0`); load generator, upstream and fake apiserver on CPU 1")],
             ["load average", f"{m['load_before'][0]:.2f} before, {m['load_after'][0]:.2f} after"],
             ["duration", f"{m['duration_s'] / 60:.1f} min"],
         ])
@@ -456,6 +375,54 @@ class Report:
             self.goal("real node: kubectl logs -f throughput, exec latency (ratios)", None,
                       f"logs -f {t:.2f}×, exec {l:.2f}× ({added:+.1f} ms)")
 
+    def one_cpu(self):
+        data = self.one_cpu_data
+        if data is None:
+            return
+        self.w("## Small GET at `-c 1` with every process on one CPU")
+        self.w()
+        self.w("In the runs above the proxy has CPU 0 to itself and its peers run on CPU 1, so at "
+               "`-c 1` each request crosses CPUs four times (the client wakes the proxy, the proxy "
+               "wakes the upstream, and back), and each crossing is an inter-processor interrupt. "
+               "Here every process is on CPU 0 (`BENCH_PINNING=shared`): nothing crosses CPUs. Not "
+               "a goal measurement (the proxy shares its CPU with its load); it separates the cost "
+               "of crossing CPUs from the proxy's own work ([PROFILE.md](PROFILE.md)).")
+        self.w()
+        if data.get("skipped"):
+            self.w(f"Not measured: {data['skipped']}")
+            self.w()
+            return
+        recs = pick(data["records"], workload="small_get", c=1)
+        split = pick(self.records, workload="small_get", c=1)
+        targets = targets_in(recs)
+        rows, summary = [], []
+        for proto in sorted({r["proto"] for r in recs}):
+            ref = {t: stat(recs, "rps", target=t, proto=proto) for t in targets}
+            direct_p99 = stat(recs, "p99_us", target="direct", proto=proto)
+            for t in targets:
+                p99 = stat(recs, "p99_us", target=t, proto=proto)
+                added = (p99.med - direct_p99.med) if p99 and direct_p99 and t != "direct" else None
+                gw = is_gw(t)
+                rows.append([
+                    proto, LABELS[t], ref[t].fmt(0), p99.fmt(0),
+                    f"{added:+.0f}" if added is not None else "",
+                    stat(recs, "cpu_us_per_req", target=t, proto=proto).fmt(1),
+                    stat(split, "cpu_us_per_req", target=t, proto=proto).fmt(1),
+                    ratio(ref[t], ref.get("nginx")) if gw else "",
+                    ratio(ref[t], ref.get("kube-rbac-proxy")) if gw else "",
+                ])
+                if t in GATEWAYS and added is not None:
+                    vs = [f"{ref[t].med / ref[o].med:.2f}× {short}"
+                          for o, short in (("nginx", "nginx"), ("kube-rbac-proxy", "krp"))
+                          if ref.get(o)]
+                    summary.append(f"{proto} {'static' if t == 'gateway-static' else 'SAR'}: "
+                                   + ", ".join(vs + [f"{added:+.0f} µs p99"]))
+        self.table(["proto", "target", "req/s", "p99 µs", "added p99 µs", "CPU µs/req",
+                    "CPU µs/req, split run", "gw/nginx", "gw/krp"], rows)
+        if summary:
+            self.goal("small GET at `-c 1` on one CPU (diagnostic, not a goal)", None,
+                      "; ".join(summary))
+
     def goals_table(self):
         out = ["## Goals", "",
                "Each as a ratio from this run; a goal is met when every part of it is met in both "
@@ -546,101 +513,9 @@ class Report:
         self.peak_memory()
         self.cold_burst()
         self.startup()
+        self.one_cpu()
         self.realnode()
         return "\n".join(head + self.goals_table() + self.goals_section() + self.lines) + "\n"
-
-
-# ------------------------------------------------------------------ chart
-
-
-def esc(text):
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def chart(records, title_suffix=""):
-    """Two grouped bar panels (req/s, p99 µs) per (protocol, concurrency),
-    one bar per target, with min–max whiskers."""
-    recs = pick(records, workload="small_get")
-    targets = targets_in(recs)
-    configs = sorted({(r["proto"], r["c"]) for r in recs}, key=lambda x: (x[0], x[1]))
-    if not recs:
-        return '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
-    width, panel_h, top, left = 960, 260, 60, 80
-    group_w = (width - left - 20) / len(configs)
-    bar_w = min(28, (group_w - 20) / len(targets))
-    height = top + 2 * (panel_h + 70)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="16">'
-           f'{esc("Small GET through each target (median, whiskers min–max)" + title_suffix)}</text>']
-    # Legend.
-    x = left
-    for t in targets:
-        out.append(f'<rect x="{x}" y="34" width="12" height="12" fill="{COLORS[t]}"/>')
-        out.append(f'<text x="{x + 16}" y="45">{esc(LABELS[t])}</text>')
-        x += 24 + 7 * len(LABELS[t])
-
-    def nice_max(v):
-        if v <= 0:
-            return 1
-        mag = 10 ** (len(str(int(v))) - 1)
-        for step in (1, 2, 2.5, 5, 10):
-            if v <= step * mag:
-                return step * mag
-        return 10 * mag
-
-    for panel, (field, label, log_scale) in enumerate(
-        (("rps", "requests/s", False), ("p99_us", "p99 latency, µs (log scale)", True))
-    ):
-        y0 = top + panel * (panel_h + 70) + 10
-        stats = {(t, cfg): stat(recs, field, target=t, proto=cfg[0], c=cfg[1])
-                 for t in targets for cfg in configs}
-        values = [v for s in stats.values() if s for v in s.values if v > 0]
-        if log_scale:
-            lo_exp = math.floor(math.log10(min(values, default=1)))
-            hi_exp = math.ceil(math.log10(max(values, default=10)))
-            hi_exp = max(hi_exp, lo_exp + 1)
-            ticks = [10 ** e for e in range(lo_exp, hi_exp + 1)]
-
-            def scale(v, lo_exp=lo_exp, hi_exp=hi_exp):
-                v = max(v, 10 ** lo_exp)
-                return (math.log10(v) - lo_exp) / (hi_exp - lo_exp)
-        else:
-            vmax = nice_max(max(values, default=1))
-            ticks = [vmax * i / 5 for i in range(6)]
-
-            def scale(v, vmax=vmax):
-                return v / vmax
-        out.append(f'<text x="16" y="{y0 + panel_h / 2}" transform="rotate(-90 16 {y0 + panel_h / 2})" '
-                   f'text-anchor="middle">{esc(label)}</text>')
-        for v in ticks:
-            y = y0 + panel_h - panel_h * scale(v)
-            out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 20}" y2="{y:.1f}" stroke="#ddd"/>')
-            out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:,.0f}</text>')
-        for g, cfg in enumerate(configs):
-            gx = left + g * group_w + (group_w - bar_w * len(targets)) / 2
-            for k, t in enumerate(targets):
-                s = stats[(t, cfg)]
-                if not s:
-                    continue
-                bx = gx + k * bar_w
-                h = panel_h * scale(s.med)
-                out.append(f'<rect x="{bx:.1f}" y="{y0 + panel_h - h:.1f}" width="{bar_w - 2:.1f}" '
-                           f'height="{h:.1f}" fill="{COLORS[t]}"><title>{esc(LABELS[t])}: '
-                           f'{s.med:,.0f}</title></rect>')
-                lo = y0 + panel_h - panel_h * scale(min(s.values))
-                hi = y0 + panel_h - panel_h * scale(max(s.values))
-                cx = bx + (bar_w - 2) / 2
-                out.append(f'<line x1="{cx:.1f}" y1="{lo:.1f}" x2="{cx:.1f}" y2="{hi:.1f}" stroke="black"/>')
-                text = f"{s.med / 1000:.1f}k" if s.med >= 1000 else f"{s.med:.0f}"
-                out.append(f'<text x="{cx:.1f}" y="{min(y0 + panel_h - h, hi) - 3:.1f}" '
-                           f'text-anchor="middle" font-size="9">{text}</text>')
-            out.append(f'<text x="{left + g * group_w + group_w / 2:.1f}" y="{y0 + panel_h + 18}" '
-                       f'text-anchor="middle">{esc(("HTTP/1.1" if cfg[0] == "h1" else "HTTP/2") + f" -c {cfg[1]}")}</text>')
-        out.append(f'<line x1="{left}" y1="{y0 + panel_h}" x2="{width - 20}" y2="{y0 + panel_h}" stroke="black"/>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
 
 
 def main():
