@@ -270,9 +270,10 @@ impl MetricsEndpoint {
             .authenticate(certificate, request.headers())
             .await?;
         let identity = caller.identity;
-        let review = self
-            .reviewer
-            .review_non_resource(&identity, "get", METRICS_PATH);
+        let review = || {
+            self.reviewer
+                .review_non_resource(&identity, "get", METRICS_PATH)
+        };
         let (allowed, _source) = self
             .decisions
             .decide(identity.clone(), review)

@@ -55,13 +55,27 @@ impl<K: Hash + Eq + Send + Sync + 'static> DecisionCache<K> {
         }
     }
 
-    /// The cached decision for `key`, or the result of `review` (shared with
-    /// every concurrent caller asking the same). Failures are not cached.
-    pub async fn decide<F>(&self, key: K, review: F) -> Result<(bool, Source), Arc<ReviewError>>
+    /// The cached decision for `key`, or the result of the review that
+    /// `review` makes (shared with every concurrent caller asking the
+    /// same). Failures are not cached.
+    ///
+    /// A hit builds neither the review nor the cache's insertion future,
+    /// and a miss awaits them boxed: together they are kilobytes, and every
+    /// request's future would otherwise be that much larger — moved on
+    /// every request, and copied twice more when HTTP/2 spawns it as a task
+    /// (bench/PROFILE.md, "Small GET over HTTP/2").
+    pub async fn decide<F>(
+        &self,
+        key: K,
+        review: impl FnOnce() -> F,
+    ) -> Result<(bool, Source), Arc<ReviewError>>
     where
         F: Future<Output = Result<bool, ReviewError>>,
     {
-        let entry = self.decisions.entry(key).or_try_insert_with(review).await?;
+        if let Some(allowed) = self.decisions.get(&key).await {
+            return Ok((allowed, Source::Cache));
+        }
+        let entry = Box::pin(self.decisions.entry(key).or_try_insert_with(review())).await?;
         let source = if entry.is_fresh() {
             Source::Review
         } else {
@@ -96,15 +110,15 @@ mod tests {
             Ok(true)
         };
         assert_eq!(
-            cache.decide(key("a"), review()).await.unwrap(),
+            cache.decide(key("a"), review).await.unwrap(),
             (true, Source::Review)
         );
         assert_eq!(
-            cache.decide(key("a"), review()).await.unwrap(),
+            cache.decide(key("a"), review).await.unwrap(),
             (true, Source::Cache)
         );
         assert_eq!(
-            cache.decide(key("b"), review()).await.unwrap(),
+            cache.decide(key("b"), review).await.unwrap(),
             (true, Source::Review)
         );
         assert_eq!(reviews.load(Ordering::SeqCst), 2);
@@ -121,9 +135,12 @@ mod tests {
     #[tokio::test]
     async fn failures_are_not_cached() {
         let cache = DecisionCache::new(Duration::from_secs(60), Duration::from_secs(60), 100);
-        let failed = cache.decide(key("a"), async { Err(down()) }).await;
+        let failed = cache.decide(key("a"), || async { Err(down()) }).await;
         assert_eq!(failed.unwrap_err().as_ref(), &down());
-        let answered = cache.decide(key("a"), async { Ok(false) }).await.unwrap();
+        let answered = cache
+            .decide(key("a"), || async { Ok(false) })
+            .await
+            .unwrap();
         assert_eq!(answered, (false, Source::Review));
     }
 
@@ -131,21 +148,29 @@ mod tests {
     async fn denials_expire_sooner_than_allows() {
         let cache = DecisionCache::new(Duration::from_millis(400), Duration::from_millis(100), 100);
         cache
-            .decide(key("allowed"), async { Ok(true) })
+            .decide(key("allowed"), || async { Ok(true) })
             .await
             .unwrap();
         cache
-            .decide(key("denied"), async { Ok(false) })
+            .decide(key("denied"), || async { Ok(false) })
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let again = |allowed| async move { Ok(allowed) };
         assert_eq!(
-            cache.decide(key("allowed"), again(true)).await.unwrap().1,
+            cache
+                .decide(key("allowed"), || again(true))
+                .await
+                .unwrap()
+                .1,
             Source::Cache
         );
         assert_eq!(
-            cache.decide(key("denied"), again(false)).await.unwrap().1,
+            cache
+                .decide(key("denied"), || again(false))
+                .await
+                .unwrap()
+                .1,
             Source::Review
         );
     }
@@ -164,7 +189,7 @@ mod tests {
                 let reviews = reviews.clone();
                 tokio::spawn(async move {
                     cache
-                        .decide(key("a"), async {
+                        .decide(key("a"), || async {
                             reviews.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             Ok(true)

@@ -109,9 +109,11 @@ impl Authorizer {
                 verb: attributes.verb,
                 subresource,
             };
-            let review = webhook
-                .reviewer
-                .review(identity, attributes.verb, subresource);
+            let review = || {
+                webhook
+                    .reviewer
+                    .review(identity, attributes.verb, subresource)
+            };
             let (allowed, source) = webhook
                 .cache
                 .decide(key, review)
