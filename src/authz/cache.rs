@@ -124,6 +124,22 @@ mod tests {
         assert_eq!(reviews.load(Ordering::SeqCst), 2);
     }
 
+    #[tokio::test]
+    async fn a_hit_builds_no_review() {
+        let cache = DecisionCache::new(Duration::from_secs(60), Duration::from_secs(60), 100);
+        let built = AtomicUsize::new(0);
+        let review = || {
+            built.fetch_add(1, Ordering::SeqCst);
+            async { Ok(true) }
+        };
+        cache.decide(key("a"), review).await.unwrap();
+        assert_eq!(
+            cache.decide(key("a"), review).await.unwrap(),
+            (true, Source::Cache)
+        );
+        assert_eq!(built.load(Ordering::SeqCst), 1, "the hit built a review");
+    }
+
     fn down() -> ReviewError {
         crate::fault::ReviewFailure {
             kind: crate::fault::ReviewKind::SubjectAccessReview,
