@@ -272,8 +272,6 @@ impl Metrics {
         metrics
     }
 
-    /// The exposition in the classic Prometheus text format (0.0.4), for
-    /// scrapers and tools (promtool) that do not ask for OpenMetrics.
     /// A scrape's answer for its `Accept` header: OpenMetrics 1.0.0 when the
     /// scraper asks for `application/openmetrics-text`, else the Prometheus
     /// text format 0.0.4. Returns (Content-Type, body).
@@ -294,6 +292,8 @@ impl Metrics {
         }
     }
 
+    /// The exposition in the classic Prometheus text format (0.0.4), for
+    /// scrapers and tools (promtool) that do not ask for OpenMetrics.
     pub fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode())
     }
